@@ -1,0 +1,5 @@
+"""pgbouncer-py: a PostgreSQL connection pooler, drop-in compatible with PgBouncer 1.25."""
+
+__version__ = "0.1.0"
+PGBOUNCER_VERSION = "1.25.2"
+VERSION_STRING = f"PgBouncer {PGBOUNCER_VERSION}"

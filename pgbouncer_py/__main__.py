@@ -1,0 +1,5 @@
+"""Entry point for `python -m pgbouncer_py`."""
+
+from pgbouncer_py.cli import main
+
+raise SystemExit(main())
