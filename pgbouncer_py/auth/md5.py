@@ -1,0 +1,68 @@
+"""PostgreSQL MD5 password authentication: secrets, client responses and their verification.
+
+Sans-I/O; secrets are 'md5' + hex(md5(password + user)), responses add the 4-byte salt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+__all__ = ["is_md5_secret", "md5_response", "md5_secret", "md5_verify"]
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _b(value: str | bytes) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return value.encode("utf-8", "surrogatepass")
+
+
+def is_md5_secret(text: str) -> bool:
+    """True if text has the form of a stored MD5 secret: 'md5' followed by 32 lowercase hex digits."""
+    return (
+        isinstance(text, str)
+        and len(text) == 35
+        and text.startswith("md5")
+        and all(c in _HEX for c in text[3:])
+    )
+
+
+def md5_secret(password: str | bytes, user: str | bytes) -> str:
+    """The stored form of a password: 'md5' + hex(md5(password + user))."""
+    return "md5" + hashlib.md5(_b(password) + _b(user)).hexdigest()
+
+
+def md5_response(secret_or_password: str, user: str, salt: bytes) -> str:
+    """What a client sends for AuthenticationMD5Password with this 4-byte salt.
+
+    Takes a plain password, or an MD5 secret (then the first hashing step is already done).
+    """
+    if not isinstance(salt, bytes | bytearray) or len(salt) != 4:
+        raise ValueError("MD5 salt must be 4 bytes")
+    if is_md5_secret(secret_or_password):
+        secret = secret_or_password
+    else:
+        secret = md5_secret(secret_or_password, user)
+    return "md5" + hashlib.md5(secret[3:].encode("ascii") + bytes(salt)).hexdigest()
+
+
+def md5_verify(stored: str, user: str, salt: bytes, response: str) -> bool:
+    """Check a client's MD5 response against a stored plain password or MD5 secret (constant time).
+
+    A SCRAM secret cannot verify an MD5 response: that raises ValueError (the caller must use SCRAM).
+    """
+    if stored.startswith("SCRAM-SHA-256$"):
+        from pgbouncer_py.auth.scram import parse_scram_secret
+
+        if parse_scram_secret(stored) is not None:
+            raise ValueError("cannot verify an MD5 response against a SCRAM secret")
+    expected = md5_response(stored, user, salt).encode("ascii")
+    if isinstance(response, bytes):
+        got = response
+    elif isinstance(response, str):
+        got = response.encode("utf-8", "surrogatepass")
+    else:
+        return False
+    return hmac.compare_digest(expected, got)
