@@ -190,21 +190,32 @@ class HbaRule:
         return self.user_all or user in self.users
 
     def matches_address(self, candidates: list[tuple[int, int]]) -> bool:
+        """candidates: (ip version, address int) forms of the client address (see _client_candidates)."""
         if self.net is None:
             return True
         version, addr, mask = self.net
-        return any(v == version and (a & mask) == addr for v, a in candidates)
+        for v, a in candidates:
+            if v == version and (a & mask) == addr:
+                return True
+            # an IPv6 rule inside ::ffff:0:0/96 also covers the IPv4 addresses it maps
+            if v == 4 and version == 6 and mask >> 32 == _V6_TOP96 and addr >> 32 == _MAPPED_PREFIX:
+                if (a & mask & 0xFFFFFFFF) == (addr & 0xFFFFFFFF):
+                    return True
+        return False
+
+
+_V6_TOP96 = (1 << 96) - 1
+_MAPPED_PREFIX = 0xFFFF  # ::ffff:0:0/96, the top 96 bits of an IPv4-mapped IPv6 address
 
 
 def _client_candidates(addr: str) -> list[tuple[int, int]]:
-    """The client address plus its IPv4 / IPv4-mapped-IPv6 twin, as (version, int) pairs."""
+    """(version, int) forms of a client address: an IPv4-mapped IPv6 client (::ffff:a.b.c.d) is also
+    its IPv4 address, so it matches IPv4 rules; a zone id (%eth0) is ignored. ValueError if not an IP.
+    """
     ip = ipaddress.ip_address(addr.split("%", 1)[0])
     out = [(ip.version, int(ip))]
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            out.append((4, int(ip.ipv4_mapped)))
-    else:
-        out.append((6, int(ipaddress.IPv6Address(f"::ffff:{ip}"))))
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        out.insert(0, (4, int(ip.ipv4_mapped)))
     return out
 
 
