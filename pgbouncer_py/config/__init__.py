@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from .connstr import SYNTAX_DB, SYNTAX_USER, atoi, parse_connstr
-from .ini import ConfigError, IniLine, read_ini
+from .ini import ConfigError, IniLine, iter_ini, read_ini
 from .params import ALIASES, HIDDEN, PARAMS, POOL_MODES, Param
 
 __all__ = [
     "ALIASES", "PARAMS", "Config", "ConfigError", "DatabaseConf", "IniLine", "Param", "PeerConf",
-    "UserConf", "load_config",
+    "UserConf", "load_config", "read_ini",
 ]
 
 LOAD_BALANCE_HOSTS = ("round-robin", "disable")
@@ -238,7 +238,6 @@ def load_config(path: str, *, startup: Config | None = None) -> Config:
     With `startup` (the config the process started with) this is a RELOAD: no-reload settings keep
     their startup values whatever the file now says, and every other setting starts from its default.
     """
-    lines = read_ini(path)
     base = _defaults(path)
     frozen = {n: startup.get(n) for n, p in PARAMS.items() if not p.reloadable} if startup else {}
     values = {**base, **frozen}
@@ -246,7 +245,7 @@ def load_config(path: str, *, startup: Config | None = None) -> Config:
     users: dict[str, UserConf] = {}
     peers: dict[int, PeerConf] = {}
     seen_main = False
-    for line in lines:
+    for line in iter_ini(path):
         if line.key is None:  # section header
             if line.section == "pgbouncer":
                 seen_main = True
@@ -272,7 +271,7 @@ def load_config(path: str, *, startup: Config | None = None) -> Config:
                 peer = parse_peer(line.key, line.value)
                 peers[peer.peer_id] = peer
         except ConfigError as e:
-            raise e.chained(_invalid(line)) from None
+            raise line.error(*e.messages, _invalid(line)) from None
     if not seen_main:
         raise ConfigError("load_init_file: main section missing from config file")
     values.update(frozen)

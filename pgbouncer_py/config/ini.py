@@ -6,6 +6,7 @@ Produces a flat list of IniLine records; it knows section names but not what set
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 SECTIONS = ("pgbouncer", "databases", "users", "peers")
@@ -32,13 +33,28 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class IniLine:
-    """One meaningful line. A section header has key None and value None."""
+    """One meaningful line. A section header has key None and value None.
+
+    `includes` lists the (file, lineno) of the %include lines that led here, outermost first.
+    """
 
     section: str | None
     key: str | None
     value: str | None
     file: str
     lineno: int
+    includes: tuple[tuple[str, int], ...] = ()
+
+    def error(self, *messages: str) -> ConfigError:
+        """ConfigError for a problem on this line, chained out through the %include lines like PgBouncer."""
+        err = ConfigError(*messages)
+        for file, lineno in reversed(self.includes):
+            err = err.chained(_include_failed(file, lineno))
+        return err
+
+
+def _include_failed(file: str, lineno: int) -> str:
+    return f"error processing include file in configuration ({file}:{lineno}), stopping loading"
 
 
 def _syntax_error(file: str, lineno: int) -> ConfigError:
@@ -79,7 +95,7 @@ def _parse_key(rest: str, file: str, lineno: int) -> tuple[str, str]:
     return key, rest[1:]
 
 
-def _read(path: str, depth: int, section: list[str | None], out: list[IniLine]) -> None:
+def _read(path: str, chain: tuple[tuple[str, int], ...], section: list[str | None]) -> Iterator[IniLine]:
     text = _read_text(path)
     for lineno, raw in enumerate(text.split("\n"), 1):
         line = raw.lstrip()
@@ -93,24 +109,27 @@ def _read(path: str, depth: int, section: list[str | None], out: list[IniLine]) 
             if name not in SECTIONS:
                 raise ConfigError(f'invalid section "{name}" in configuration ({path}:{lineno})')
             section[0] = name
-            out.append(IniLine(name, None, None, path, lineno))
+            yield IniLine(name, None, None, path, lineno, chain)
             continue
         if line[0] == "%":
             m = _INCLUDE_RE.match(line.rstrip("\r"))
             fname = m.group(1).strip() if m else ""
             if not fname:
                 raise _syntax_error(path, lineno)
-            if depth >= MAX_INCLUDE_DEPTH:
+            if len(chain) >= MAX_INCLUDE_DEPTH:
                 raise ConfigError(f"include nesting level too deep ({path}:{lineno}), stopping loading")
             try:
-                _read(fname, depth + 1, section, out)
+                yield from _read(fname, (*chain, (path, lineno)), section)
             except ConfigError as e:
-                raise e.chained(
-                    f"error processing include file in configuration ({path}:{lineno}), stopping loading"
-                ) from None
+                raise e.chained(_include_failed(path, lineno)) from None
             continue
         key, value = _parse_key(line, path, lineno)
-        out.append(IniLine(section[0], key, value.strip(), path, lineno))
+        yield IniLine(section[0], key, value.strip(), path, lineno, chain)
+
+
+def iter_ini(path: str) -> Iterator[IniLine]:
+    """Like read_ini, but lazily, so a caller sees errors in file order (as PgBouncer reports them)."""
+    yield from _read(path, (), [None])
 
 
 def read_ini(path: str) -> list[IniLine]:
@@ -119,6 +138,4 @@ def read_ini(path: str) -> list[IniLine]:
     Raises ConfigError with PgBouncer's texts for unreadable files, syntax errors, unknown sections
     and too-deep nesting. Keys outside any section come back with section None.
     """
-    out: list[IniLine] = []
-    _read(path, 0, [None], out)
-    return out
+    return list(iter_ini(path))
