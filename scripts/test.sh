@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# The one-command test run: install what is missing (scripts/install-deps.sh), ruff, then pytest.
+# As root, pytest runs as the unprivileged $PGBTEST_USER (PostgreSQL and the pooler refuse root)
+# with -m "not root", then as root with -m root. Extra arguments go to pytest: scripts/test.sh -k config
+
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+# shellcheck source=scripts/install-deps.sh
+source "$REPO_ROOT/scripts/install-deps.sh"
+
+t0=$SECONDS
+_step() { printf '\n=== %s\n' "$*"; }
+_elapsed() { printf '%dm%02ds' $(( ($1) / 60 )) $(( ($1) % 60 )); }
+
+_step "install dependencies"
+install_deps
+t_install=$((SECONDS - t0))
+
+export PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+PY="$VENV/bin/python"
+SAFE_PATH="$VENV/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+"$PY" - <<'EOF'
+import platform, subprocess
+mods = []
+for name in ("cryptography", "uvloop", "psycopg", "psycopg2", "asyncpg", "pytest"):
+    try:
+        mod = __import__(name)
+        mods.append(f"{name} {getattr(mod, '__version__', '?').split(' ')[0]}")
+    except ImportError:
+        mods.append(f"{name} missing")
+pgb = subprocess.run(["/usr/sbin/pgbouncer", "--version"], capture_output=True, text=True).stdout.splitlines()
+print(f"python {platform.python_version()}; " + "; ".join(mods) + f"; {pgb[0] if pgb else 'no /usr/sbin/pgbouncer'}")
+EOF
+
+_step "ruff check pgbouncer_py tests"
+t1=$SECONDS
+ruff_rc=0
+"$VENV/bin/ruff" check --no-cache pgbouncer_py tests || ruff_rc=$?
+t_ruff=$((SECONDS - t1))
+
+RUN_TMP="$(mktemp -d "${TMPDIR:-/tmp}/pgbtest-run.XXXXXX")"
+chmod 755 "$RUN_TMP"
+cleanup() {
+    if [ "${PGBTEST_KEEP_TMP:-0}" = 1 ]; then
+        echo "test.sh: keeping $RUN_TMP"
+    else
+        rm -rf "$RUN_TMP"
+    fi
+}
+trap cleanup EXIT
+
+# counts FILE -> "passed failed skipped" from a pytest junit xml ("" when absent or unreadable)
+counts() {
+    /usr/bin/python3 - "$1" <<'EOF' 2>/dev/null || true
+import sys, xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+t = f = e = s = 0
+for su in suites:
+    t += int(su.get("tests", 0)); f += int(su.get("failures", 0))
+    e += int(su.get("errors", 0)); s += int(su.get("skipped", 0))
+print(t - f - e - s, f + e, s)
+EOF
+}
+
+declare -a run_names=() run_rcs=() run_counts=() run_times=()
+run_pytest() {  # name, then the command to run
+    local name="$1" xml="$2" rc=0 t=$SECONDS
+    shift 2
+    _step "pytest ($name)"
+    "$@" </dev/null || rc=$?
+    run_names+=("$name")
+    run_rcs+=("$rc")
+    run_counts+=("$(counts "$xml")")
+    run_times+=("$((SECONDS - t))")
+}
+
+if [ "$(id -u)" -eq 0 ]; then
+    mkdir -p "$RUN_TMP/user" "$RUN_TMP/root"
+    chown "$PGBTEST_USER:" "$RUN_TMP/user"
+    run_pytest "as $PGBTEST_USER, -m 'not root'" "$RUN_TMP/user/junit.xml" \
+        runuser -u "$PGBTEST_USER" -- env \
+            HOME="$PGBTEST_HOME" TMPDIR="$RUN_TMP/user" USER="$PGBTEST_USER" LOGNAME="$PGBTEST_USER" \
+            PATH="$SAFE_PATH" PYTHONDONTWRITEBYTECODE=1 \
+            "$PY" -m pytest -m "not root" --junitxml="$RUN_TMP/user/junit.xml" "$@"
+    run_pytest "as root, -m root" "$RUN_TMP/root/junit.xml" \
+        env TMPDIR="$RUN_TMP/root" PATH="$SAFE_PATH" PYTHONDONTWRITEBYTECODE=1 \
+            "$PY" -m pytest -m root --junitxml="$RUN_TMP/root/junit.xml" "$@"
+else
+    mkdir -p "$RUN_TMP/user"
+    echo "test.sh: not root: tests marked 'root' (packaging) are not run"
+    run_pytest "as $(id -un), -m 'not root'" "$RUN_TMP/user/junit.xml" \
+        env TMPDIR="$RUN_TMP/user" PATH="$SAFE_PATH" PYTHONDONTWRITEBYTECODE=1 \
+            "$PY" -m pytest -m "not root" --junitxml="$RUN_TMP/user/junit.xml" "$@"
+fi
+
+# Exit 5 (nothing collected) is fine for a run as long as some run collected tests.
+failed_runs=0 collected_any=0 passed=0 failed=0 skipped=0
+_step "summary"
+printf 'install %s, ruff %s (%s)\n' "$(_elapsed "$t_install")" "$(_elapsed "$t_ruff")" \
+    "$([ "$ruff_rc" -eq 0 ] && echo ok || echo "FAILED, exit $ruff_rc")"
+for i in "${!run_names[@]}"; do
+    rc="${run_rcs[$i]}"
+    read -r p f s <<<"${run_counts[$i]:-}" || true
+    verdict=ok
+    if [ "$rc" -eq 5 ]; then
+        verdict="no tests collected"
+    elif [ "$rc" -ne 0 ] || [ -z "${p:-}" ]; then
+        verdict="FAILED (pytest exit $rc)"
+        failed_runs=$((failed_runs + 1))
+    fi
+    if [ "$rc" -ne 5 ]; then
+        collected_any=1
+    fi
+    passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0})); skipped=$((skipped + ${s:-0}))
+    printf 'pytest %s: %s passed, %s failed, %s skipped in %s: %s\n' "${run_names[$i]}" \
+        "${p:-?}" "${f:-?}" "${s:-?}" "$(_elapsed "${run_times[$i]}")" "$verdict"
+done
+if [ "$collected_any" -eq 0 ]; then
+    echo "test.sh: no test was collected"
+    failed_runs=$((failed_runs + 1))
+fi
+printf 'total %s\n' "$(_elapsed $((SECONDS - t0)))"
+status=0
+if [ "$failed_runs" -ne 0 ] || [ "$ruff_rc" -ne 0 ]; then
+    status=1
+fi
+echo "summary: $passed passed, $failed failed, $skipped skipped"
+exit "$status"
