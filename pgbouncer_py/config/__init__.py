@@ -275,6 +275,7 @@ def load_config(path: str, *, startup: Config | None = None) -> Config:
     if not seen_main:
         raise ConfigError("load_init_file: main section missing from config file")
     values.update(frozen)
+    peers.pop(values["peer_id"], None)  # an entry for our own peer_id is allowed and ignored
     return Config(startup.path if startup else path, values, databases, users, peers)
 
 
