@@ -158,6 +158,12 @@ def parse_peer(name: str, connstr: str) -> PeerConf:
     return PeerConf(peer_id=int(name), **kw)
 
 
+def _lookup(name: str) -> Param | None:
+    """The setting called `name` (case-sensitive), or None. Windows-only keys are unknown on Linux."""
+    name = ALIASES.get(name, name)
+    return None if name in HIDDEN else PARAMS.get(name)
+
+
 def _invalid(line: IniLine) -> str:
     return f'invalid value "{line.value}" for parameter {line.key} in configuration ({line.file}:{line.lineno})'
 
@@ -205,7 +211,7 @@ class Config:
         Raises ConfigError: unknown key -> messages ['unknown parameter: pgbouncer/KEY', 'SET failed'];
         bad value -> ['SET failed']. The client is always told 'SET failed'.
         """
-        param = PARAMS.get(ALIASES.get(name, name))
+        param = _lookup(name)
         if param is None:
             raise ConfigError(f"unknown parameter: pgbouncer/{name}", "SET failed")
         try:
@@ -256,7 +262,7 @@ def load_config(path: str, *, startup: Config | None = None) -> Config:
             if sec is None:
                 raise ConfigError(f"load_init_file: value without section: {line.key}")
             if sec == "pgbouncer":
-                param = PARAMS.get(ALIASES.get(line.key, line.key))
+                param = _lookup(line.key)
                 if param is None:
                     raise ConfigError(f"unknown parameter: pgbouncer/{line.key}")
                 try:
