@@ -2,4 +2,5 @@
 
 __version__ = "0.1.0"
 PGBOUNCER_VERSION = "1.25.2"
-VERSION_STRING = f"PgBouncer {PGBOUNCER_VERSION}"
+# what --version prints first and SHOW VERSION returns
+VERSION_STRING = f"PgBouncer {PGBOUNCER_VERSION} (pgbouncer-py {__version__})"

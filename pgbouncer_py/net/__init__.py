@@ -1,1 +1,1 @@
-"""net package."""
+"""Networking: listeners, TLS, DNS."""

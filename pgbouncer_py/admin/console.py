@@ -1,0 +1,127 @@
+"""The admin console (virtual database 'pgbouncer'): command parsing, access rules and dispatch."""
+
+import re
+
+from pgbouncer_py import PGBOUNCER_VERSION
+from pgbouncer_py.log import log
+from pgbouncer_py.proto import build
+from pgbouncer_py.proto import constants as C
+from pgbouncer_py.proto.messages import ProtocolError, parse_query
+
+WELCOME_PARAMS = (("server_version", f"{PGBOUNCER_VERSION}/bouncer"), ("client_encoding", "UTF8"),
+                  ("server_encoding", "UTF8"), ("DateStyle", "ISO"), ("TimeZone", "GMT"),
+                  ("standard_conforming_strings", "on"), ("is_superuser", "on"))
+
+_WORD = r'(?:[0-9a-z_]+|"[^"]*")'
+_CMD_RE = re.compile(rf"^\s*({_WORD})(?:\s+({_WORD}))?\s*(?:;\s*)?$", re.IGNORECASE)
+_SET_RE = re.compile(r"^\s*set\s+([0-9a-z_]+|\"[^\"]*\")\s*(?:=|\s+to\s+)\s*('(?:[^']|'')*'|[^\s;']+)\s*(?:;\s*)?$",
+                     re.IGNORECASE | re.DOTALL)
+_SHUTDOWN_RE = re.compile(r"^\s*shutdown(?:\s+(wait_for_servers|wait_for_clients))?\s*(?:;\s*)?$", re.IGNORECASE)
+
+FAKE_SHOW = {"client_encoding": "UTF-8", "default_transaction_isolation": "read committed",
+             "standard_conforming_strings": "on", "datestyle": "ISO", "timezone": "GMT"}
+
+
+class AdminError(Exception):
+    """An error answered to the console client as ERROR 08P01 (the session goes on)."""
+
+    def __init__(self, message: str, sqlstate: str = "08P01"):
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+def unquote(word: str | None) -> str | None:
+    if word is None:
+        return None
+    if word.startswith('"') and word.endswith('"'):
+        return word[1:-1]
+    return word.lower()
+
+
+class Console:
+    """One console session; reads simple-protocol queries and answers them."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def welcome(self) -> None:
+        out = [build.parameter_status(k, v) for k, v in WELCOME_PARAMS]
+        out.append(build.msg(b"K", self.client.cancel_key))
+        out.append(build.ready_for_query(b"I"))
+        self.client.transport.write(b"".join(out))
+
+    def closed(self) -> None:
+        from pgbouncer_py.admin import commands
+        commands.console_closed(self)
+
+    def send(self, data: bytes) -> None:
+        t = self.client.transport
+        if t is not None and not t.is_closing():
+            t.write(data)
+
+    def message(self, mtype: int, body: bytes) -> None:
+        if mtype == C.Q_TERMINATE:
+            self.client.close("client close request")
+            return
+        if mtype != C.Q_QUERY:
+            from pgbouncer_py.admin import extended
+            extended.message(self, mtype, body)
+            return
+        sql = parse_query(body)
+        self.run(sql)
+
+    def run(self, sql: str, *, ready: bool = True) -> None:
+        """Answer one simple-protocol query; ready=False when the caller sends ReadyForQuery itself."""
+        from pgbouncer_py.admin import commands
+        self.client.pool.db.stats.query_count += 1
+        self.client.pool.db.stats.xact_count += 1
+        try:
+            if sql.strip() == "" or sql.strip() == ";":
+                self.send(build.empty_query_response())
+                result = None
+            else:
+                result = commands.execute(self, sql)
+        except AdminError as e:
+            log.debug(f"{self.client.prefix()}console error: {e}")
+            self.send(build.error_response(str(e), e.sqlstate, "ERROR"))
+            result = None
+        except ProtocolError as e:
+            self.send(build.error_response(str(e), "08P01", "ERROR"))
+            result = None
+        if result == "defer":
+            return      # the command answers later (PAUSE, WAIT_CLOSE, ...)
+        if ready and self.client.transport is not None:
+            self.send(build.ready_for_query(b"I"))
+
+    def finish_deferred(self, data: bytes) -> None:
+        self.send(data + build.ready_for_query(b"I"))
+
+    def require_admin(self) -> None:
+        if self.client.admin_level < 2:
+            raise AdminError("admin access needed")
+
+
+def parse_command(sql: str) -> tuple[str, str | None] | None:
+    m = _CMD_RE.match(sql)
+    if m is None:
+        return None
+    return unquote(m.group(1)), unquote(m.group(2))
+
+
+def parse_set(sql: str) -> tuple[str, str] | None:
+    m = _SET_RE.match(sql)
+    if m is None:
+        return None
+    key = unquote(m.group(1))
+    val = m.group(2)
+    if val.startswith("'"):
+        val = val[1:-1].replace("''", "'")
+    return key, val
+
+
+def parse_shutdown(sql: str) -> str | None:
+    """'' for plain SHUTDOWN, the mode in lower case, or None when it is not a SHUTDOWN."""
+    m = _SHUTDOWN_RE.match(sql)
+    if m is None:
+        return None
+    return (m.group(1) or "").lower()

@@ -1,0 +1,597 @@
+"""Client side: startup packet, authentication, then the work phase that forwards queries to a linked server."""
+
+import asyncio
+import os
+import struct
+import time
+
+from pgbouncer_py import pooling
+from pgbouncer_py.auth import login
+from pgbouncer_py.log import log
+from pgbouncer_py.netutil import addr_of, format_addr, local_addr_of, peer_cred, tune_tcp
+from pgbouncer_py.objects import (
+    CL_ACTIVE,
+    CL_FREE,
+    CL_LOGIN,
+    CL_WAITING,
+    CL_WAITING_LOGIN,
+    Database,
+    registry,
+    set_client_state,
+)
+from pgbouncer_py.proto import build
+from pgbouncer_py.proto import constants as C
+from pgbouncer_py.proto.messages import MessageReader, ProtocolError, parse_startup_packet
+
+_unpack_len = struct.Struct("!I").unpack_from
+
+PH_STARTUP, PH_AUTH, PH_WAIT_LOGIN, PH_WORK, PH_CLOSED = range(5)
+
+# startup parameters with a canonical spelling (PostgreSQL reports these names in ParameterStatus)
+CANONICAL = {"client_encoding": "client_encoding", "datestyle": "DateStyle", "timezone": "TimeZone",
+             "standard_conforming_strings": "standard_conforming_strings",
+             "application_name": "application_name", "intervalstyle": "IntervalStyle"}
+
+
+class Client(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, listener=None):
+        self.listener = listener
+        self.state = None
+        self.phase = PH_STARTUP
+        self.transport = None
+        self.pool = None
+        self.db = None
+        self.user = None          # the authenticated User
+        self.username = ""
+        self.dbname = ""
+        self.link = None
+        self.pool_mode = "session"
+        self.vars: dict[str, str] = {}
+        self.startup_params: dict[str, str] = {}
+        self.startup_buf = bytearray()
+        self.reader = None
+        self.pending = bytearray()
+        self.tail = b""
+        self.skip = 0
+        self.addr = ""
+        self.port = 0
+        self.is_unix = False
+        self.peer_pid = None
+        self.peer_uid = None
+        self.local_addr = ("", 0)
+        self.created = time.monotonic()
+        self.connect_time = time.time()
+        self.request_time = time.time()
+        self.wait_start = 0.0
+        self.cancel_key = b""
+        self.tls = ""
+        self.auth = None          # auth.login.Authenticator while authenticating
+        self.admin = False        # connected to the admin console
+        self.admin_level = 0      # 1 = stats_users, 2 = admin_users
+        self.console = None
+        self.paused_peer = False
+        self.paused_reading = False
+        self.replication = "none"
+        self.prepared = {}
+        self.closing_reason = None
+        self.counted_db = None
+        self.counted_user = None
+
+    # --- identification ---
+    def prefix(self) -> str:
+        db = self.dbname or "(nodb)"
+        user = self.username or "(nouser)"
+        return f"C-0x{id(self):x}: {db}/{user}@{format_addr(self.addr, self.port, self.is_unix, self.peer_pid)} "
+
+    # --- connection events ---
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        cfg = registry.cfg
+        self.addr, self.port, self.is_unix = addr_of(transport)
+        if self.is_unix:
+            cred = peer_cred(transport)
+            if cred:
+                self.peer_pid, self.peer_uid = cred[0], cred[1]
+            if self.listener is not None:
+                self.port = self.listener.port
+        else:
+            tune_tcp(transport, cfg)
+        self.local_addr = local_addr_of(transport)
+        registry.total_clients += 1
+        set_client_state(self, CL_LOGIN)
+        if registry.suspended or registry.shutting_down and registry.main and registry.main.wait_for_clients:
+            pass
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase == PH_WORK and not self.admin:
+            server = self.link
+            if server is not None and not self.pending and server.internal_done is None:
+                self._forward(data, server)
+            else:
+                self._queue_data(data)
+            return
+        try:
+            if self.phase == PH_STARTUP:
+                self._startup_data(data)
+            elif self.phase == PH_AUTH:
+                self._auth_data(data)
+            elif self.phase == PH_WAIT_LOGIN:
+                self.pending += data
+                self._pause()
+            elif self.phase == PH_WORK:
+                self._admin_data(data)
+        except ProtocolError as e:
+            self.close(str(e), send_error=True)
+        except Exception as e:  # one bad connection never takes the process down
+            log.error(f"{self.prefix()}internal error in client handler: {e!r}")
+            self.close("internal error", send_error=True)
+
+    def connection_lost(self, exc) -> None:
+        if self.phase != PH_CLOSED:
+            self.close("client unexpected eof")
+
+    def eof_received(self):
+        return False
+
+    # --- work phase, the hot path ---
+    def _forward(self, data: bytes, server) -> None:
+        """HOT: forward client bytes to the linked server, counting Query/Sync and catching Terminate."""
+        if self.tail:
+            data = self.tail + data
+            self.tail = b""
+        n = len(data)
+        pos = self.skip
+        self.pool.db.stats.bytes_received += n
+        while pos < n:
+            if pos + 5 > n:
+                break
+            t = data[pos]
+            ln = _unpack_len(data, pos + 1)[0]
+            if t == 81 or t == 83:            # 'Q' Query, 'S' Sync
+                server.expect_rfq += 1
+                if not server.query_start:
+                    now = time.monotonic()
+                    server.query_start = now
+                    if not server.xact_start:
+                        server.xact_start = now
+            elif t == 88:                     # 'X' Terminate
+                if pos:
+                    server.transport.write(data[:pos])
+                self.close("client close request")
+                return
+            elif t == 80 or t == 66 or t == 68 or t == 69 or t == 70:   # P B D E F: extended-protocol work
+                if not server.query_start:
+                    now = time.monotonic()
+                    server.query_start = now
+                    if not server.xact_start:
+                        server.xact_start = now
+            if ln < 4 or ln > self._max_packet:
+                self.close("bad packet header" if ln < 4 else "max_packet_size exceeded", send_error=True)
+                return
+            pos += 1 + ln
+        if pos >= n:
+            self.skip = pos - n
+            server.transport.write(data)
+        else:
+            self.skip = 0
+            self.tail = data[pos:]
+            if pos:
+                server.transport.write(data[:pos])
+
+    def _queue_data(self, data: bytes) -> None:
+        """Data while no server is linked (or one is being prepared): hold it and ask the pool for a server."""
+        self.pending += data
+        if len(self.pending) >= registry.cfg.pkt_buf:
+            self._pause()
+        if self.link is None and self.state == CL_ACTIVE:
+            if not self._pending_has_work():
+                return
+            self.request_time = time.time()
+            pooling.activate_client(self)
+
+    def _pending_has_work(self) -> bool:
+        """A lone Terminate needs no server."""
+        p = self.pending
+        if len(p) >= 5 and p[0] == 88:
+            self.pending.clear()
+            self.close("client close request")
+            return False
+        return True
+
+    def link_ready(self) -> None:
+        """Called by the pool once the linked server is ready for this client's data."""
+        if self.pending:
+            data = bytes(self.pending)
+            self.pending.clear()
+            self._resume()
+            self._forward(data, self.link)
+        else:
+            self._resume()
+
+    def _pause(self) -> None:
+        if not self.paused_reading and self.transport is not None:
+            self.paused_reading = True
+            self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self.paused_reading and self.transport is not None:
+            self.paused_reading = False
+            self.transport.resume_reading()
+
+    # --- flow control towards the linked server ---
+    def pause_writing(self) -> None:
+        s = self.link
+        if s is not None and s.transport is not None:
+            s.transport.pause_reading()
+            self.paused_peer = True
+
+    def resume_writing(self) -> None:
+        s = self.link
+        if self.paused_peer and s is not None and s.transport is not None:
+            self.paused_peer = False
+            s.transport.resume_reading()
+
+    # --- startup ---
+    def _startup_data(self, data: bytes) -> None:
+        buf = self.startup_buf
+        buf += data
+        while self.phase == PH_STARTUP:
+            if len(buf) < 4:
+                return
+            length = _unpack_len(buf, 0)[0]
+            if length < 8 or length > C.MAX_STARTUP_PACKET:
+                raise ProtocolError("bad packet header")
+            if len(buf) < length:
+                return
+            pkt = bytes(buf[:length])
+            del buf[:length]
+            self._startup_packet(pkt)
+        if buf and self.phase != PH_CLOSED:
+            if getattr(self, "_tls_pending", False):
+                # plaintext sent after SSLRequest before the handshake: never let it through
+                raise ProtocolError("unexpected data after SSL request")
+            rest = bytes(buf)
+            buf.clear()
+            self.data_received(rest)
+
+    def _startup_packet(self, pkt: bytes) -> None:
+        code, payload = parse_startup_packet(pkt)
+        cfg = registry.cfg
+        if code == C.SSL_REQUEST_CODE:
+            from pgbouncer_py.net import tls
+            if self.tls:
+                raise ProtocolError("client re-sent startup pkt")
+            if tls.client_tls_enabled(cfg):
+                self.transport.write(b"S")
+                registry.loop.create_task(self._start_tls())
+                self.phase = PH_AUTH  # nothing is read until the handshake is over
+                self._tls_pending = True
+            else:
+                self.transport.write(b"N")
+            return
+        if code == C.GSSENC_REQUEST_CODE:
+            self.transport.write(b"N")
+            return
+        if code == C.CANCEL_REQUEST_CODE:
+            self._cancel_request(pkt[8:16])
+            return
+        self._startup_params(payload, code)
+
+    async def _start_tls(self) -> None:
+        from pgbouncer_py.net import tls
+        try:
+            ctx = tls.client_context(registry.cfg)
+            new_transport = await registry.loop.start_tls(self.transport, self, ctx, server_side=True)
+        except Exception as e:
+            log.info(f"{self.prefix()}TLS handshake failed: {e}")
+            self.close("TLS handshake failed")
+            return
+        if new_transport is None or self.phase == PH_CLOSED:
+            return
+        self.transport = new_transport
+        sslobj = new_transport.get_extra_info("ssl_object")
+        if sslobj is not None:
+            self.tls = f"{sslobj.version()}/{sslobj.cipher()[0]}"
+            self.peer_cert = sslobj.getpeercert()
+        self.phase = PH_STARTUP
+        self._tls_pending = False
+
+    def _startup_params(self, params: dict[str, str], version: int) -> None:
+        cfg = registry.cfg
+        ignore = set(p.lower() for p in cfg.list_setting("ignore_startup_parameters"))
+        user = params.get("user", "")
+        if not user:
+            raise ProtocolError("no username supplied")
+        if len(user.encode()) >= C.MAX_USERNAME:
+            raise ProtocolError("username too long")
+        self.username = user
+        self.dbname = params.get("database") or user
+        unsupported_minor = []
+        for key, value in params.items():
+            lk = key.lower()
+            if lk in ("user", "database"):
+                continue
+            if lk in CANONICAL:
+                self.vars[CANONICAL[lk]] = value
+            elif lk == "options":
+                self._startup_options(value, ignore)
+            elif lk == "replication":
+                if value.lower() in ("false", "off", "no", "0"):
+                    continue
+                raise ProtocolError("unsupported startup parameter: replication")
+            elif lk in (p.lower() for p in cfg.list_setting("track_extra_parameters")):
+                self.vars[key] = value
+            elif key.startswith("_pq_."):
+                unsupported_minor.append(key)
+            elif lk in ignore:
+                continue
+            else:
+                raise ProtocolError(f"unsupported startup parameter: {key}")
+        self.startup_params = params
+        if (version & 0xFFFF) > 0 or unsupported_minor:
+            self.transport.write(build.negotiate_protocol_version(0, unsupported_minor))
+        self._find_database()
+
+    def _startup_options(self, value: str, ignore: set[str]) -> None:
+        tokens = value.split()
+        i = 0
+        while i < len(tokens):
+            t = tokens[i]
+            if t == "-c" and i + 1 < len(tokens):
+                kv = tokens[i + 1]
+                i += 2
+            elif t.startswith("-c") and len(t) > 2:
+                kv = t[2:]
+                i += 1
+            elif t.startswith("--") and "=" in t:
+                kv = t[2:]
+                i += 1
+            else:
+                raise ProtocolError("unsupported options startup parameter: only '-c config=val' and "
+                                    "'--config=val' are allowed")
+            if "=" not in kv:
+                raise ProtocolError("unsupported options startup parameter: only '-c config=val' and "
+                                    "'--config=val' are allowed")
+            key, val = kv.split("=", 1)
+            key = key.replace("-", "_") if key.startswith("-") else key
+            lk = key.lower()
+            if lk in CANONICAL:
+                self.vars[CANONICAL[lk]] = val
+            elif lk in (p.lower() for p in registry.cfg.list_setting("track_extra_parameters")):
+                self.vars[key] = val
+            elif lk in ignore:
+                continue
+            else:
+                raise ProtocolError(f"unsupported startup parameter in options: {key}")
+
+    def _find_database(self) -> None:
+        cfg = registry.cfg
+        name = self.dbname
+        if name == "pgbouncer":
+            self.db = registry.admin_db
+            self.admin = True
+        else:
+            db = registry.databases.get(name)
+            if db is None:
+                fallback = cfg.databases.get("*")
+                if fallback is not None and not registry.shutting_down:
+                    db = Database(name, fallback, auto=True)
+                    registry.databases[name] = db
+                    log.info(f"registered new auto-database: {name}")
+            if db is None:
+                log.info(f"{self.prefix()}no such database: {name}")
+                raise ProtocolError(f"no such database: {name}")
+            self.db = db
+        if not self.admin:
+            if registry.total_clients > cfg.max_client_conn:
+                raise ProtocolError("no more connections allowed (max_client_conn)")
+            if self.db.disabled:
+                raise ProtocolError(f'database "{name}" is disabled')
+            if registry.shutting_down:
+                raise ProtocolError("pooler is shutting down")
+        self.phase = PH_AUTH
+        self.reader = MessageReader(max_size=min(cfg.max_packet_size, C.MAX_PASSWORD + 1024))
+        self.auth = login.Authenticator(self)
+        self.auth.start()
+
+    # --- authentication ---
+    def _auth_data(self, data: bytes) -> None:
+        if getattr(self, "_tls_pending", False):
+            self.startup_buf += data
+            return
+        if self.auth is None:
+            raise ProtocolError("unexpected data during login")
+        self.reader.feed(data)
+        while self.phase == PH_AUTH and self.auth is not None:
+            m = self.reader.next()
+            if m is None:
+                return
+            self.auth.message(m[0], m[1])
+        if self.phase == PH_WAIT_LOGIN or self.phase == PH_WORK:
+            rest = self.reader.take_rest()
+            if rest:
+                self.data_received(rest)
+
+    def auth_ok(self, user, pool_user=None) -> None:
+        """Authentication succeeded: count limits, then finish login now or when the pool has a server."""
+        cfg = registry.cfg
+        self.auth = None
+        self.user = user
+        if cfg.log_connections:
+            log.info(f"{self.prefix()}login attempt: db={self.dbname} user={self.username} "
+                     f"tls={self.tls or 'no'} replication={'no' if self.replication == 'none' else 'yes'}")
+        self.transport.write(build.auth_request(C.AUTH_OK))
+        if self.admin:
+            from pgbouncer_py.admin import console
+            self.pool = registry.get_pool(registry.admin_db, registry.admin_user)
+            self.console = console.Console(self)
+            self.cancel_key = registry.new_cancel_key()
+            registry.cancel_keys[self.cancel_key] = self
+            self.phase = PH_WORK
+            set_client_state(self, CL_ACTIVE)
+            self.console.welcome()
+            return
+        db = self.db
+        pool_user = pool_user or db.forced_user or user
+        self.pool = registry.get_pool(db, pool_user)
+        self.pool_mode = self.pool.pool_mode(cfg)
+        max_db_clients = db.setting("max_db_client_connections", cfg.max_db_client_connections)
+        if max_db_clients and db.client_count >= max_db_clients:
+            self.close("client connections exceeded (max_db_client_connections)", send_error=True)
+            return
+        max_user_clients = user.setting("max_user_client_connections", cfg.max_user_client_connections)
+        if max_user_clients and user.client_count >= max_user_clients:
+            self.close("client connections exceeded (max_user_client_connections)", send_error=True)
+            return
+        db.client_count += 1
+        user.client_count += 1
+        self.counted_db, self.counted_user = db, user
+        db.stats.client_login_count += 1
+        self.cancel_key = registry.new_cancel_key()
+        registry.cancel_keys[self.cancel_key] = self
+        pool = self.pool
+        if pool.welcome_params is not None:
+            self.finish_login()
+            return
+        now = time.monotonic()
+        if pool.last_login_error is not None and now - pool.last_failed_time < cfg.server_login_retry:
+            self.close(f"server login has been failing, cached error: {pool.last_login_error} "
+                       f"(server_login_retry)", send_error=True)
+            return
+        self.phase = PH_WAIT_LOGIN
+        self.wait_start = now
+        set_client_state(self, CL_WAITING_LOGIN)
+        pooling.launch_new_connection(pool, force=not pool.login_servers)
+
+    def finish_login(self) -> None:
+        """Send the welcome (ParameterStatus, BackendKeyData, ReadyForQuery) and enter the work phase."""
+        cfg = registry.cfg
+        params = dict(self.pool.welcome_params or {})
+        for name in pooling.tracked_params(cfg):
+            if name in self.vars:
+                params[name] = self.vars[name]
+            elif name in params:
+                self.vars[name] = params[name]
+        out = [build.parameter_status(k, v) for k, v in params.items()]
+        out.append(build.msg(b"K", self.cancel_key))
+        out.append(build.ready_for_query(b"I"))
+        if cfg.login_notify_message:
+            out.insert(0, build.notice_response(cfg.login_notify_message))
+        self.transport.write(b"".join(out))
+        self.phase = PH_WORK
+        set_client_state(self, CL_ACTIVE)
+        self._max_packet = cfg.max_packet_size
+        if self.pending:
+            data = bytes(self.pending)
+            self.pending.clear()
+            self._resume()
+            self.data_received(data)
+
+    _max_packet = 2147483647
+
+    # --- admin console ---
+    def _admin_data(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while self.phase == PH_WORK:
+            m = self.reader.next()
+            if m is None:
+                return
+            self.console.message(m[0], m[1])
+
+    # --- cancel requests ---
+    def _cancel_request(self, key: bytes) -> None:
+        target = registry.find_client_by_key(key)
+        if target is None:
+            peer = _peer_for_key(key)
+            if peer is not None:
+                registry.loop.create_task(_forward_cancel_to_peer(peer, key))
+            else:
+                log.debug(f"{self.prefix()}cancel request with unknown key")
+        else:
+            server = target.link
+            if server is not None and server.backend_key:
+                registry.loop.create_task(_send_cancel(server))
+            elif target.state == CL_WAITING:
+                pass
+        self.close("cancel request", quiet=True)
+
+    # --- the one exit path ---
+    def close(self, reason: str, *, send_error: bool = False, sqlstate: str = "08P01", quiet: bool = False) -> None:
+        if self.phase == PH_CLOSED:
+            return
+        self.phase = PH_CLOSED
+        self.closing_reason = reason
+        cfg = registry.cfg
+        if not quiet and cfg.log_disconnections:
+            age = int(time.monotonic() - self.created)
+            log.info(f"{self.prefix()}closing because: {reason} (age={age}s)")
+        if send_error and cfg.log_pooler_errors and not quiet:
+            log.warning(f"{self.prefix()}pooler error: {reason}")
+        t = self.transport
+        if t is not None:
+            if send_error:
+                try:
+                    t.write(build.error_response(reason[:127], sqlstate))
+                except Exception:
+                    pass
+            t.close()
+        if self.auth is not None:
+            self.auth.cancel()
+            self.auth = None
+        if self.cancel_key:
+            registry.cancel_keys.pop(self.cancel_key, None)
+        if self.counted_db is not None:
+            self.counted_db.client_count -= 1
+            self.counted_user.client_count -= 1
+            self.counted_db = self.counted_user = None
+        server = self.link
+        if server is not None:
+            pooling.client_unlinked_by_close(self, server)
+        if self.console is not None:
+            self.console.closed()
+        registry.total_clients -= 1
+        set_client_state(self, CL_FREE)
+
+
+def _peer_for_key(key: bytes):
+    cfg = registry.cfg
+    peer_id = ((key[0] & 0x3F) << 8) | key[1]
+    if peer_id and peer_id != cfg.peer_id and peer_id in cfg.peers:
+        return cfg.peers[peer_id]
+    return None
+
+
+async def _forward_cancel_to_peer(peer, key: bytes) -> None:
+    loop = registry.loop
+    try:
+        if peer.host and not peer.host.startswith("/"):
+            r, w = await asyncio.wait_for(asyncio.open_connection(peer.host, peer.port), 5)
+        else:
+            path = os.path.join(peer.host or registry.cfg.unix_socket_dir, f".s.PGSQL.{peer.port}")
+            r, w = await asyncio.wait_for(asyncio.open_unix_connection(path), 5)
+        w.write(struct.pack("!II", 16, C.CANCEL_REQUEST_CODE) + key)
+        await w.drain()
+        await asyncio.wait_for(r.read(), 5)
+        w.close()
+    except (TimeoutError, OSError) as e:
+        log.warning(f"forwarding cancel request to peer {peer.peer_id} failed: {e}")
+    del loop
+
+
+async def _send_cancel(server) -> None:
+    """Open a new connection to the server's PostgreSQL and send its backend key."""
+    try:
+        if server.unix_path:
+            r, w = await asyncio.wait_for(asyncio.open_unix_connection(server.unix_path),
+                                          registry.cfg.server_connect_timeout or None)
+        else:
+            r, w = await asyncio.wait_for(asyncio.open_connection(server.host, server.port),
+                                          registry.cfg.server_connect_timeout or None)
+        w.write(struct.pack("!III", 16, C.CANCEL_REQUEST_CODE, server.backend_pid) + server.backend_key)
+        await w.drain()
+        await asyncio.wait_for(r.read(), registry.cfg.cancel_wait_timeout or None)
+        w.close()
+    except (TimeoutError, OSError) as e:
+        log.warning(f"{server.prefix()}sending cancel request failed: {e}")

@@ -1,0 +1,119 @@
+"""Logging in PgBouncer's format: 'YYYY-MM-DD HH:MM:SS.mmm TZ [PID] LEVEL message' to stderr, logfile and syslog."""
+
+import os
+import sys
+import time
+
+LEVELS = {"FATAL": 0, "ERROR": 1, "WARNING": 2, "LOG": 3, "DEBUG": 4, "NOISE": 5}
+_SYSLOG_PRIO = {"FATAL": 2, "ERROR": 3, "WARNING": 4, "LOG": 6, "DEBUG": 7, "NOISE": 7}
+
+
+def format_time(t: float, with_ms: bool = True) -> str:
+    lt = time.localtime(t)
+    base = time.strftime("%Y-%m-%d %H:%M:%S", lt)
+    tz = time.strftime("%Z", lt)
+    if with_ms:
+        return f"{base}.{int((t % 1) * 1000):03d} {tz}"
+    return f"{base} {tz}"
+
+
+class Logger:
+    """One logger per process; configured from the config and the -q/-v flags."""
+
+    def __init__(self):
+        self.verbose = 0
+        self.quiet = False
+        self.logfile_path = ""
+        self.logfile = None
+        self.syslog_on = False
+        self.syslog_ident = "pgbouncer"
+        self.syslog_facility = "daemon"
+        self._syslog = None
+        self.pid = os.getpid()
+
+    def configure(self, cfg, quiet: bool | None = None, verbose: int | None = None) -> None:
+        if quiet is not None:
+            self.quiet = quiet
+        if verbose is not None:
+            self._cli_verbose = verbose
+        self.verbose = max(getattr(self, "_cli_verbose", 0), int(cfg.verbose))
+        if cfg.logfile != self.logfile_path:
+            self.close_logfile()
+            self.logfile_path = cfg.logfile
+        self.syslog_on = bool(cfg.syslog)
+        if self.syslog_on:
+            self._open_syslog(cfg.syslog_ident, cfg.syslog_facility)
+
+    def _open_syslog(self, ident: str, facility: str) -> None:
+        import syslog
+        fac = {"auth": syslog.LOG_AUTH, "authpriv": getattr(syslog, "LOG_AUTHPRIV", syslog.LOG_AUTH),
+               "daemon": syslog.LOG_DAEMON, "user": syslog.LOG_USER}
+        for i in range(8):
+            fac[f"local{i}"] = getattr(syslog, f"LOG_LOCAL{i}")
+        if (ident, facility) != (self.syslog_ident, self.syslog_facility) or self._syslog is None:
+            syslog.openlog(ident, syslog.LOG_PID, fac.get(facility, syslog.LOG_DAEMON))
+            self.syslog_ident, self.syslog_facility = ident, facility
+            self._syslog = syslog
+
+    def reopen(self) -> None:
+        """Reopen the logfile (RELOAD/SIGHUP), so logrotate's rename works too."""
+        self.close_logfile()
+
+    def close_logfile(self) -> None:
+        if self.logfile is not None:
+            try:
+                self.logfile.close()
+            except OSError:
+                pass
+            self.logfile = None
+
+    def enabled(self, level: str) -> bool:
+        return LEVELS[level] <= 3 + self.verbose
+
+    def write(self, level: str, message: str) -> None:
+        if LEVELS[level] > 3 + self.verbose:
+            return
+        message = message.replace("\n", "\n\t")
+        line = f"{format_time(time.time())} [{self.pid}] {level} {message}\n"
+        if not self.quiet:
+            try:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+        if self.logfile_path:
+            if self.logfile is None:
+                try:
+                    self.logfile = open(self.logfile_path, "a", buffering=1, encoding="utf-8")
+                except OSError as e:
+                    self.logfile_path_error = str(e)
+            if self.logfile is not None:
+                try:
+                    self.logfile.write(line)
+                except OSError:
+                    pass
+        if self.syslog_on and self._syslog is not None:
+            self._syslog.syslog(_SYSLOG_PRIO[level], message)
+
+    def fatal(self, m: str) -> None:
+        self.write("FATAL", m)
+
+    def error(self, m: str) -> None:
+        self.write("ERROR", m)
+
+    def warning(self, m: str) -> None:
+        self.write("WARNING", m)
+
+    def info(self, m: str) -> None:
+        self.write("LOG", m)
+
+    def debug(self, m: str) -> None:
+        if self.verbose >= 1:
+            self.write("DEBUG", m)
+
+    def noise(self, m: str) -> None:
+        if self.verbose >= 2:
+            self.write("NOISE", m)
+
+
+log = Logger()

@@ -1,0 +1,381 @@
+"""Process lifecycle: event loop, listeners, pidfile, signals, reload and the shutdown modes."""
+
+import asyncio
+import os
+import resource
+import signal
+import ssl
+import sys
+
+from pgbouncer_py import VERSION_STRING, __version__
+from pgbouncer_py.client import Client
+from pgbouncer_py.config import ConfigError, load_config
+from pgbouncer_py.config.userlist import load_auth_file
+from pgbouncer_py.janitor import Janitor
+from pgbouncer_py.log import log
+from pgbouncer_py.net import listen
+from pgbouncer_py.objects import Database, User, registry
+
+# database settings whose change makes existing server connections stale
+_DIRTY_KEYS = ("dbname", "host", "port", "user", "password", "connect_query", "auth_dbname", "auth_query",
+               "load_balance_hosts", "client_encoding", "datestyle", "timezone", "application_name")
+
+
+def loop_name() -> str:
+    try:
+        import uvloop  # noqa: F401
+        return f"uvloop {uvloop.__version__}"
+    except ImportError:
+        return "asyncio"
+
+
+def new_event_loop():
+    try:
+        import uvloop
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+class Pooler:
+    """The running process: owns the listeners and applies config changes."""
+
+    def __init__(self, cfg, *, inherited_fds: list[int] | None = None):
+        self.cfg = cfg
+        self.startup_cfg = cfg
+        self.listeners: list[listen.Listener] = []
+        self.inherited_fds = inherited_fds or []
+        self.janitor = Janitor()
+        self.done: asyncio.Future | None = None
+        self.shutdown_mode = None
+        self.wait_for_clients = False
+        self.auth_file_stat = None
+        self.exit_code = 0
+
+    # --- configuration into objects ---
+    def apply_config(self, cfg) -> None:
+        old = registry.cfg
+        registry.cfg = cfg
+        self.cfg = cfg
+        log.configure(cfg)
+        self._load_auth_file(cfg, force=old is None or old.auth_file != cfg.auth_file)
+        self._apply_users(cfg)
+        self._apply_databases(cfg)
+        if old is not None:
+            changed = cfg.changed_settings(old)
+            if any("tls" in name for name in changed):
+                for pool in registry.pools.values():
+                    for s in pool.all_servers():
+                        s.close_needed = True
+
+    def _load_auth_file(self, cfg, force: bool) -> None:
+        if not cfg.auth_file:
+            registry.auth_users = {}
+            return
+        try:
+            st = os.stat(cfg.auth_file)
+            key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError as e:
+            log.warning(f"could not open auth_file {cfg.auth_file}: {e.strerror}")
+            return
+        if not force and key == self.auth_file_stat:
+            return
+        try:
+            registry.auth_users = load_auth_file(cfg.auth_file)
+            self.auth_file_stat = key
+        except (OSError, ConfigError) as e:
+            log.warning(f"could not load auth_file {cfg.auth_file}: {e}")
+
+    def _apply_users(self, cfg) -> None:
+        names = set(registry.auth_users) | set(cfg.users)
+        for name in names:
+            u = registry.users.get(name)
+            if u is None:
+                u = registry.users[name] = User(name)
+            new_secret = registry.auth_users.get(name)
+            if new_secret != u.secret:
+                u.scram_client_key = u.scram_server_key = None
+            u.secret = new_secret
+            u.conf = cfg.users.get(name)
+        for name, u in list(registry.users.items()):
+            if name not in names and not u.dynamic and u.client_count == 0 and \
+                    not any(p.user is u for p in registry.pools.values()):
+                del registry.users[name]
+            elif name not in names and not u.dynamic:
+                u.secret = None
+                u.conf = None
+        if registry.admin_db is None:
+            registry.admin_db = Database("pgbouncer", None, admin=True)
+            registry.admin_user = User("pgbouncer")
+
+    def _forced_user(self, conf):
+        if conf.user is None:
+            return None
+        u = registry.users.get(conf.user)
+        if u is None:
+            u = registry.users[conf.user] = User(conf.user, registry.auth_users.get(conf.user))
+        if conf.password is not None:
+            u.secret = conf.password
+        return u
+
+    def _apply_databases(self, cfg) -> None:
+        for name, conf in cfg.databases.items():
+            if name == "*":
+                continue
+            db = registry.databases.get(name)
+            if db is None or db.auto:
+                if db is None:
+                    db = registry.databases[name] = Database(name, conf)
+                else:
+                    db.auto = False
+                    db.conf = conf
+            elif db.conf != conf:
+                if any(getattr(db.conf, k) != getattr(conf, k) for k in _DIRTY_KEYS):
+                    db.dirty = True
+                    for pool in registry.pools.values():
+                        if pool.db is db:
+                            for s in pool.all_servers():
+                                s.close_needed = True
+                db.conf = conf
+            db.forced_user = self._forced_user(conf)
+        for name, db in list(registry.databases.items()):
+            if name not in cfg.databases and not db.auto:
+                self.remove_database(db)
+            elif db.auto:
+                fallback = cfg.databases.get("*")
+                if fallback is None:
+                    self.remove_database(db)
+                elif db.conf != fallback:
+                    db.conf = fallback
+                    db.dirty = True
+
+    def remove_database(self, db) -> None:
+        for pool in list(registry.pools.values()):
+            if pool.db is db:
+                for c in pool.all_clients():
+                    c.close("database removed", send_error=True)
+                for s in pool.all_servers():
+                    s.close("database removed")
+                del registry.pools[(db.name, pool.user.name)]
+        registry.databases.pop(db.name, None)
+
+    # --- reload ---
+    def reload(self) -> bool:
+        try:
+            new = load_config(self.cfg.path, startup=self.startup_cfg)
+        except (ConfigError, OSError) as e:
+            log.error(f"{e}")
+            log.warning("config file loading failed")
+            return False
+        log.reopen()
+        old_tls = _tls_settings(self.cfg)
+        self.apply_config(new)
+        if old_tls != _tls_settings(new):
+            try:
+                from pgbouncer_py.net import tls
+                if tls.client_tls_enabled(new):
+                    tls.client_context(new)
+            except (OSError, ssl.SSLError, ValueError) as e:
+                log.error(f"TLS configuration could not be reloaded, keeping old configuration: {e}")
+        return True
+
+    # --- lifecycle ---
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        registry.loop = loop
+        registry.main = self
+        self.done = loop.create_future()
+        self.apply_config(self.cfg)
+        self._log_fd_limit()
+        try:
+            self._open_listeners()
+        except listen.ListenError as e:
+            log.fatal(str(e))
+            return 1
+        for lst in self.listeners:
+            lst.server = await loop.create_server(lambda lst=lst: Client(lst), sock=lst.sock)
+            log.info(f"listening on {lst.desc}")
+        self._install_signals(loop)
+        self.janitor.start()
+        self._sd_notify("READY=1")
+        log.info(f"process up: {VERSION_STRING}, pgbouncer-py {__version__}, {loop_name()}, "
+                 f"tls: {ssl.OPENSSL_VERSION}")
+        await self.done
+        self._sd_notify("STOPPING=1")
+        self.janitor.stop()
+        await self._close_everything()
+        return self.exit_code
+
+    def _log_fd_limit(self) -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        cfg = self.cfg
+        n_db = max(len(cfg.databases), 1)
+        expected = cfg.max_client_conn + cfg.default_pool_size * n_db
+        log.info(f"kernel file descriptor limit: {soft} (hard: {hard}); max_client_conn: {cfg.max_client_conn}, "
+                 f"max expected fd use: {expected}")
+        if expected > soft and hard > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(expected + 100, soft)), hard))
+            except (ValueError, OSError):
+                pass
+
+    def _open_listeners(self) -> None:
+        fds = list(self.inherited_fds)
+        listen_fds = int(os.environ.get("LISTEN_FDS", "0") or 0)
+        if listen_fds and os.environ.get("LISTEN_PID") == str(os.getpid()):
+            fds += list(range(3, 3 + listen_fds))
+            for fd in range(3, 3 + listen_fds):
+                log.info(f"socket passed from service manager (fd {fd})")
+        if fds:
+            self.listeners = [listen.adopt_socket(fd, self.cfg) for fd in fds]
+            return
+        self.listeners = listen.tcp_listeners(self.cfg)
+        u = listen.unix_listener(self.cfg)
+        if u is not None:
+            self.listeners.append(u)
+
+    def _install_signals(self, loop) -> None:
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        loop.add_signal_handler(signal.SIGQUIT, self._on_sigquit)
+        loop.add_signal_handler(signal.SIGUSR1, self._on_sigusr1)
+        loop.add_signal_handler(signal.SIGUSR2, self._on_sigusr2)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def _on_sighup(self) -> None:
+        log.info("got SIGHUP, re-reading config")
+        self._sd_notify("RELOADING=1")
+        self.reload()
+        self._sd_notify("READY=1")
+
+    def _on_sigint(self) -> None:
+        if self.shutdown_mode is not None:
+            log.info("got SIGINT while shutting down, fast exit")
+            self.shutdown("immediate")
+            return
+        log.info("got SIGINT, shutting down, waiting for servers")
+        self.shutdown("wait_for_servers")
+
+    def _on_sigterm(self) -> None:
+        if self.shutdown_mode is not None:
+            log.info("got SIGTERM while shutting down, fast exit")
+            self.shutdown("immediate")
+            return
+        log.info("got SIGTERM, shutting down, waiting for clients")
+        self.shutdown("wait_for_clients")
+
+    def _on_sigquit(self) -> None:
+        log.info("got SIGQUIT, fast exit")
+        self.shutdown("immediate")
+
+    def _on_sigusr1(self) -> None:
+        log.info("got SIGUSR1, pausing all activity")
+        from pgbouncer_py.admin import control
+        if hasattr(control, "pause_all"):
+            control.pause_all()
+        else:
+            registry.paused = True
+
+    def _on_sigusr2(self) -> None:
+        if self.shutdown_mode is not None:
+            log.info("got SIGUSR2 while shutting down, ignoring")
+            return
+        log.info("got SIGUSR2, continuing")
+        from pgbouncer_py.admin import control
+        if hasattr(control, "resume_all"):
+            control.resume_all()
+        else:
+            registry.paused = False
+            registry.suspended = False
+
+    def shutdown(self, mode: str) -> None:
+        """mode: immediate | wait_for_servers | wait_for_clients."""
+        if mode == "immediate":
+            self.shutdown_mode = mode
+            if self.done is not None and not self.done.done():
+                self.done.set_result(None)
+            return
+        self.shutdown_mode = mode
+        registry.shutting_down = True
+        self.wait_for_clients = mode == "wait_for_clients"
+        for lst in self.listeners:
+            if mode == "wait_for_clients" or not lst.unix:
+                if lst.server is not None:
+                    lst.server.close()
+        if mode == "wait_for_servers":
+            registry.paused = True
+            for pool in registry.pools.values():
+                for c in list(pool.waiting_clients):
+                    c.close("server shutting down", send_error=True)
+        self.janitor_tick(0)
+
+    def janitor_tick(self, now: float) -> None:
+        """Progress of a waiting shutdown."""
+        mode = self.shutdown_mode
+        if mode is None or self.done is None or self.done.done():
+            return
+        if mode == "wait_for_servers":
+            for pool in registry.pools.values():
+                for s in list(pool.idle_servers):
+                    s.close("pooler is shutting down")
+            busy = any(p.active_servers or p.tested_servers or p.login_servers for p in registry.pools.values())
+            if not busy:
+                self.done.set_result(None)
+        elif mode == "wait_for_clients":
+            clients = sum(p.client_count() for p in registry.pools.values() if not p.db.admin)
+            if clients == 0:
+                log.info("client connections dropped, exiting")
+                self.done.set_result(None)
+
+    async def _close_everything(self) -> None:
+        for lst in self.listeners:
+            if lst.server is not None:
+                lst.server.close()
+            if lst.unix and lst.path and not lst.path.startswith("\0"):
+                try:
+                    os.unlink(lst.path)
+                except OSError:
+                    pass
+        for pool in list(registry.pools.values()):
+            for c in pool.all_clients():
+                c.close("pooler is shutting down", quiet=True)
+            for s in pool.all_servers():
+                s.close("pooler is shutting down", notify_client=False)
+        for c in list(registry.login_clients):
+            c.close("pooler is shutting down", quiet=True)
+        await asyncio.sleep(0)
+
+    @staticmethod
+    def _sd_notify(state: str) -> None:
+        path = os.environ.get("NOTIFY_SOCKET")
+        if not path:
+            return
+        import socket
+        if path.startswith("@"):
+            path = "\0" + path[1:]
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                s.connect(path)
+                s.sendall(state.encode())
+        except OSError:
+            pass
+
+
+def _tls_settings(cfg) -> tuple:
+    return tuple(cfg.get(k) for k in ("client_tls_sslmode", "client_tls_key_file", "client_tls_cert_file",
+                                      "client_tls_ca_file", "client_tls_protocols", "client_tls_ciphers"))
+
+
+def run(cfg, *, inherited_fds=None) -> int:
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    pooler = Pooler(cfg, inherited_fds=inherited_fds)
+    try:
+        return loop.run_until_complete(pooler.run())
+    finally:
+        try:
+            loop.close()
+        except Exception:
+            pass
+        sys.stderr.flush()

@@ -1,0 +1,65 @@
+"""Small socket helpers shared by client and server sides (peer names, keepalive, peer credentials)."""
+
+import socket
+import struct
+
+
+def addr_of(transport) -> tuple[str, int, bool]:
+    """(address text, port, is_unix) of the peer."""
+    sock = transport.get_extra_info("socket")
+    peer = transport.get_extra_info("peername")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        return "unix", 0, True
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return peer[0], peer[1], False
+    return "unix", 0, True
+
+
+def local_addr_of(transport) -> tuple[str, int]:
+    name = transport.get_extra_info("sockname")
+    if isinstance(name, tuple) and len(name) >= 2:
+        return name[0], name[1]
+    return "unix", 0
+
+
+def peer_cred(transport) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of a unix-socket peer, or None."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    try:
+        data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return struct.unpack("3i", data)
+    except OSError:
+        return None
+
+
+def tune_tcp(transport, cfg) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if cfg.tcp_keepalive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if cfg.tcp_keepidle:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, int(cfg.tcp_keepidle))
+            if cfg.tcp_keepintvl:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, int(cfg.tcp_keepintvl))
+            if cfg.tcp_keepcnt:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, int(cfg.tcp_keepcnt))
+        if cfg.tcp_user_timeout:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(cfg.tcp_user_timeout))
+        if cfg.tcp_socket_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(cfg.tcp_socket_buffer))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, int(cfg.tcp_socket_buffer))
+    except OSError:
+        pass
+
+
+def format_addr(addr: str, port: int, is_unix: bool, pid: int | None = None) -> str:
+    if is_unix:
+        return f"unix({pid}):{port}" if pid else f"unix:{port}"
+    if ":" in addr:
+        return f"[{addr}]:{port}"
+    return f"{addr}:{port}"

@@ -1,0 +1,231 @@
+"""Databases, users and pools, and the one place that moves a client or server between the lists of its pool.
+
+A socket's state is a location (DESIGN.md rule 3): every client/server sits in exactly one list, counts are lengths.
+"""
+
+import os
+import random
+import time
+
+from pgbouncer_py.log import log
+from pgbouncer_py.stats import Stats
+
+# client states (names as SHOW SOCKETS prints them, without the cl_ prefix)
+CL_LOGIN = "login"
+CL_WAITING_LOGIN = "waiting_login"
+CL_WAITING = "waiting"
+CL_ACTIVE = "active"
+CL_ACTIVE_CANCEL = "active_cancel_req"
+CL_WAITING_CANCEL = "waiting_cancel_req"
+CL_FREE = "free"
+
+# server states
+SV_LOGIN = "login"
+SV_IDLE = "idle"
+SV_ACTIVE = "active"
+SV_USED = "used"
+SV_TESTED = "tested"
+SV_ACTIVE_CANCEL = "active_cancel"
+SV_BEING_CANCELED = "being_canceled"
+SV_FREE = "free"
+
+CLIENT_LISTS = {CL_WAITING_LOGIN: "waiting_clients", CL_WAITING: "waiting_clients", CL_ACTIVE: "active_clients",
+                CL_ACTIVE_CANCEL: "active_cancel_req", CL_WAITING_CANCEL: "waiting_cancel_req"}
+SERVER_LISTS = {SV_LOGIN: "login_servers", SV_IDLE: "idle_servers", SV_ACTIVE: "active_servers",
+                SV_USED: "used_servers", SV_TESTED: "tested_servers", SV_ACTIVE_CANCEL: "active_cancel_servers",
+                SV_BEING_CANCELED: "being_canceled_servers"}
+
+
+class Database:
+    """A [databases] entry (or an auto-database made from '*', or the admin database 'pgbouncer')."""
+
+    def __init__(self, name: str, conf=None, *, admin: bool = False, auto: bool = False):
+        self.name = name
+        self.conf = conf
+        self.admin = admin
+        self.auto = auto
+        self.paused = False
+        self.disabled = False
+        self.dirty = False          # configuration changed: close servers when released
+        self.forced_user = None     # User when conf.user is set
+        self.stats = Stats()
+        self.old_stats = Stats()
+        self.avg: dict = {}
+        self.inactive_since = time.monotonic()
+        self.host_index = 0
+        self.client_count = 0       # logged-in clients of this database (max_db_client_connections)
+
+    @property
+    def dbname(self) -> str:
+        if self.conf is not None and self.conf.dbname:
+            return self.conf.dbname
+        return self.name
+
+    def setting(self, attr: str, default):
+        v = getattr(self.conf, attr, None) if self.conf is not None else None
+        return default if v is None else v
+
+
+class User:
+    """A user known from auth_file, [users], a forced user or auth_query; pass-through SCRAM keys live here."""
+
+    def __init__(self, name: str, secret: str | None = None, conf=None):
+        self.name = name
+        self.secret = secret          # plain password, md5 secret, SCRAM secret or None
+        self.conf = conf
+        self.scram_client_key: bytes | None = None
+        self.scram_server_key: bytes | None = None
+        self.client_count = 0
+        self.dynamic = False          # from auth_query
+
+    def setting(self, attr: str, default):
+        v = getattr(self.conf, attr, None) if self.conf is not None else None
+        return default if v is None else v
+
+
+class Pool:
+    """Clients and servers of one (database, user) pair."""
+
+    def __init__(self, db: Database, user: User):
+        self.db = db
+        self.user = user
+        self.waiting_clients: dict = {}
+        self.active_clients: dict = {}
+        self.active_cancel_req: dict = {}
+        self.waiting_cancel_req: dict = {}
+        self.login_servers: dict = {}
+        self.idle_servers: dict = {}
+        self.active_servers: dict = {}
+        self.used_servers: dict = {}
+        self.tested_servers: dict = {}
+        self.active_cancel_servers: dict = {}
+        self.being_canceled_servers: dict = {}
+        self.welcome_params: dict[str, str] | None = None   # ParameterStatus of the first server login
+        self.last_login_error: str | None = None
+        self.last_failed_time = 0.0
+        self.last_connect_time = 0.0
+        self.last_lifetime_disconnect = 0.0
+        self.reserve_used = 0
+        self.created = time.monotonic()
+        self.last_active = time.monotonic()
+
+    def server_count(self) -> int:
+        return (len(self.login_servers) + len(self.idle_servers) + len(self.active_servers) + len(self.used_servers)
+                + len(self.tested_servers) + len(self.active_cancel_servers) + len(self.being_canceled_servers))
+
+    def client_count(self) -> int:
+        return (len(self.waiting_clients) + len(self.active_clients) + len(self.active_cancel_req)
+                + len(self.waiting_cancel_req))
+
+    def all_servers(self):
+        for name in SERVER_LISTS.values():
+            yield from list(getattr(self, name))
+
+    def all_clients(self):
+        for name in ("active_clients", "waiting_clients", "active_cancel_req", "waiting_cancel_req"):
+            yield from list(getattr(self, name))
+
+    # settings with per-user, per-database and global precedence
+    def pool_mode(self, cfg) -> str:
+        m = self.user.setting("pool_mode", None)
+        if m is None:
+            m = self.db.setting("pool_mode", None)
+        return m or cfg.pool_mode
+
+    def pool_size(self, cfg) -> int:
+        v = self.user.setting("pool_size", None)
+        if v is None:
+            v = self.db.setting("pool_size", None)
+        return cfg.default_pool_size if v is None else v
+
+    def min_pool_size(self, cfg) -> int:
+        return self.db.setting("min_pool_size", cfg.min_pool_size)
+
+    def reserve_pool_size(self, cfg) -> int:
+        v = self.user.setting("reserve_pool_size", None)
+        if v is None:
+            v = self.db.setting("reserve_pool_size", None)
+        return cfg.reserve_pool_size if v is None else v
+
+
+class Registry:
+    """Everything the process knows: config, databases, users, pools, clients in login, cancel keys."""
+
+    def __init__(self):
+        self.cfg = None
+        self.databases: dict[str, Database] = {}
+        self.users: dict[str, User] = {}
+        self.auth_users: dict[str, str] = {}     # from auth_file
+        self.pools: dict[tuple[str, str], Pool] = {}
+        self.login_clients: dict = {}
+        self.cancel_keys: dict[bytes, object] = {}
+        self.total_clients = 0
+        self.paused = False
+        self.suspended = False
+        self.shutting_down = False
+        self.admin_db: Database | None = None
+        self.admin_user: User | None = None
+        self.start_time = time.time()
+        self.loop = None
+        self.main = None                          # pgbouncer_py.main.Pooler
+
+    def get_pool(self, db: Database, user: User) -> Pool:
+        key = (db.name, user.name)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = Pool(db, user)
+            self.pools[key] = pool
+        return pool
+
+    def find_client_by_key(self, key: bytes):
+        return self.cancel_keys.get(key)
+
+    def new_cancel_key(self) -> bytes:
+        """8 random bytes; with peer_id set, the top bits of the first bytes carry our peer id."""
+        peer_id = int(getattr(self.cfg, "peer_id", 0) or 0)
+        while True:
+            key = bytearray(os.urandom(8))
+            if peer_id:
+                key[0] = (peer_id >> 8) & 0x3F
+                key[1] = peer_id & 0xFF
+            key = bytes(key)
+            if key not in self.cancel_keys:
+                return key
+
+
+registry = Registry()
+
+
+def set_client_state(client, new_state: str) -> None:
+    """Move a client to the list of new_state (the only code that does it)."""
+    old = client.state
+    if old == CL_LOGIN:
+        registry.login_clients.pop(client, None)
+    elif old in CLIENT_LISTS and client.pool is not None:
+        getattr(client.pool, CLIENT_LISTS[old]).pop(client, None)
+    client.state = new_state
+    if new_state == CL_LOGIN:
+        registry.login_clients[client] = None
+    elif new_state in CLIENT_LISTS:
+        getattr(client.pool, CLIENT_LISTS[new_state])[client] = None
+
+
+def set_server_state(server, new_state: str) -> None:
+    """Move a server to the list of new_state (the only code that does it)."""
+    old = server.state
+    pool = server.pool
+    if old in SERVER_LISTS:
+        getattr(pool, SERVER_LISTS[old]).pop(server, None)
+    server.state = new_state
+    if new_state in SERVER_LISTS:
+        getattr(pool, SERVER_LISTS[new_state])[server] = None
+    if new_state == SV_IDLE:
+        server.idle_since = time.monotonic()
+
+
+def random_choice(seq):
+    return random.choice(seq)
+
+
+def log_internal_error(obj, msg: str) -> None:
+    log.error(f"{obj.prefix()}internal error: {msg}")

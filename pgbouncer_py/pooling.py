@@ -1,0 +1,295 @@
+"""Pool decisions: give a client a server, launch and release server connections, react to their exits."""
+
+import time
+
+from pgbouncer_py.log import log
+from pgbouncer_py.objects import (
+    CL_ACTIVE,
+    CL_WAITING,
+    CL_WAITING_LOGIN,
+    SV_ACTIVE,
+    SV_IDLE,
+    SV_TESTED,
+    registry,
+    set_client_state,
+    set_server_state,
+)
+
+TRACKED_PARAMS = ("client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings", "application_name")
+
+
+def tracked_params(cfg) -> tuple[str, ...]:
+    extra = tuple(p for p in cfg.list_setting("track_extra_parameters") if p not in TRACKED_PARAMS)
+    return TRACKED_PARAMS + extra
+
+
+def server_password(pool) -> str | None:
+    db = pool.db
+    if db.conf is not None and db.conf.password is not None and (
+            db.conf.user is None or db.conf.user == pool.user.name):
+        return db.conf.password
+    return pool.user.secret
+
+
+def server_address(pool) -> tuple[str, int, str | None]:
+    """(host, port, unix socket path or None) for a new server connection, honouring host lists."""
+    from pgbouncer_py.server import server_unix_path
+    db = pool.db
+    conf = db.conf
+    host = conf.host if conf is not None else None
+    port = conf.port if conf is not None else 5432
+    if host and "," in host:
+        hosts = [h.strip() for h in host.split(",")]
+        if conf.load_balance_hosts == "disable":
+            idx = db.host_index % len(hosts)
+        else:
+            idx = db.host_index % len(hosts)
+            db.host_index += 1
+        host = hosts[idx]
+    path = server_unix_path(host, port)
+    if path is not None:
+        return (host or (path.rsplit("/", 1)[0] if not path.startswith("\0") else host)), port, path
+    return host, port, None
+
+
+def can_launch(pool, cfg, now: float) -> bool:
+    """Whether the limits allow one more server connection for this pool (logs reserve use)."""
+    total = pool.server_count()
+    size = pool.pool_size(cfg)
+    if total >= size:
+        reserve = pool.reserve_pool_size(cfg)
+        if reserve <= 0 or total >= size + reserve:
+            return False
+        # the reserve is used only when a client has waited longer than reserve_pool_timeout
+        oldest = next(iter(pool.waiting_clients), None)
+        if oldest is None or now - oldest.wait_start < cfg.reserve_pool_timeout:
+            return False
+        log.info(f"{oldest.prefix()}taking connection from reserve_pool")
+    db = pool.db
+    max_db = db.setting("max_db_connections", cfg.max_db_connections)
+    if max_db:
+        n = sum(p.server_count() for p in registry.pools.values() if p.db is db)
+        if n >= max_db:
+            return False
+    max_user = pool.user.setting("max_user_connections", cfg.max_user_connections)
+    if max_user:
+        n = sum(p.server_count() for p in registry.pools.values() if p.user is pool.user)
+        if n >= max_user:
+            return False
+    return True
+
+
+def launch_new_connection(pool, *, force: bool = False) -> bool:
+    """Start one server connection for the pool if limits and server_login_retry allow it."""
+    from pgbouncer_py.server import Server
+    cfg = registry.cfg
+    if pool.db.admin or registry.suspended or pool.db.paused or registry.paused:
+        return False
+    now = time.monotonic()
+    if pool.last_login_error is not None and now - pool.last_failed_time < cfg.server_login_retry:
+        return False
+    if pool.login_servers and not force:
+        # one login at a time is enough until it finishes, unless more clients wait than logins run
+        if len(pool.login_servers) >= len(pool.waiting_clients):
+            return False
+    if not can_launch(pool, cfg, now):
+        return False
+    host, port, path = server_address(pool)
+    server = Server(pool, host or "", port, path)
+    pool.last_connect_time = now
+    set_server_state(server, "login")
+    server.start_connect()
+    return True
+
+
+def activate_client(client) -> None:
+    """The client has a query to run and no server: link an idle one or queue the client."""
+    pool = client.pool
+    if pool.db.paused or registry.paused or registry.suspended:
+        _queue(client)
+        return
+    server = _take_idle(pool)
+    if server is not None:
+        link(client, server)
+        return
+    _queue(client)
+    launch_new_connection(pool)
+
+
+def _queue(client) -> None:
+    if client.state != CL_WAITING:
+        client.wait_start = time.monotonic()
+        set_client_state(client, CL_WAITING)
+
+
+def _take_idle(pool):
+    idle = pool.idle_servers
+    if not idle:
+        return None
+    if registry.cfg.server_round_robin:
+        return next(iter(idle))
+    return next(reversed(idle))
+
+
+def link(client, server) -> None:
+    """Link client and server, apply the client's tracked parameters, then let the client's data flow."""
+    now = time.monotonic()
+    if client.state == CL_WAITING:
+        client.pool.db.stats.wait_time += int((now - client.wait_start) * 1e6)
+    client.pool.db.stats.server_assignment_count += 1
+    set_client_state(client, CL_ACTIVE)
+    set_server_state(server, SV_ACTIVE)
+    client.link = server
+    server.link = client
+    server.request_time = time.time()
+    client.pool.last_active = now
+    sets = []
+    for name in tracked_params(registry.cfg):
+        want = client.vars.get(name)
+        if want is not None and server.params.get(name) != want:
+            sets.append(f"SET {name}={_quote(want)};")
+    if sets:
+        sql = "".join(sets)
+        log.debug(f"{server.prefix()}varcache_apply: {sql}")
+        server.setting_vars = True
+        server.run_internal(sql, _vars_applied)
+    else:
+        client.link_ready()
+
+
+def _quote(v: str) -> str:
+    return "'" + v.replace("'", "''") + "'"
+
+
+def _vars_applied(server, error) -> None:
+    server.setting_vars = False
+    client = server.link
+    if client is None:
+        server_available(server)
+        return
+    if error is not None:
+        log.warning(f"{server.prefix()}varcache_apply failed: {error}")
+    for name in tracked_params(registry.cfg):
+        if name in server.params and name in client.vars and error is None:
+            client.vars[name] = server.params[name]
+    client.link_ready()
+
+
+def release_server(server) -> None:
+    """Transaction/statement mode: the transaction ended, the server goes back to the pool."""
+    client = server.link
+    if client is not None:
+        client.link = None
+        server.link = None
+        if client.pending:
+            # the client already sent more: it needs a server again
+            activate_client(client)
+    server_available(server)
+
+
+def server_available(server) -> None:
+    """A server that is ready and unlinked: close it if it must go, give it to a waiting client, or idle it."""
+    pool = server.pool
+    cfg = registry.cfg
+    now = time.monotonic()
+    if server.closed:
+        return
+    if not server.ready:
+        server.close("server not ready at release")
+        return
+    if server.close_needed or pool.db.dirty:
+        server.close("database configuration changed" if pool.db.dirty else "close_needed")
+        return
+    lifetime = pool.db.setting("server_lifetime", cfg.server_lifetime)
+    if lifetime and now - server.created > lifetime and _lifetime_close_allowed(pool, now, lifetime):
+        server.close("server lifetime over")
+        return
+    if pool.db.paused or registry.paused:
+        if registry.paused or pool.db.paused:
+            set_server_state(server, SV_IDLE)
+            return
+    for client in pool.waiting_clients:
+        if client.state == CL_WAITING:
+            link(client, server)
+            return
+    set_server_state(server, SV_IDLE)
+
+
+def _lifetime_close_allowed(pool, now: float, lifetime: float) -> bool:
+    # spread closes so the whole pool does not reconnect at once
+    return True
+
+
+def server_login_done(server) -> None:
+    pool = server.pool
+    pool.last_login_error = None
+    if pool.welcome_params is None:
+        pool.welcome_params = dict(server.params)
+    for client in list(pool.waiting_clients):
+        if client.state == CL_WAITING_LOGIN:
+            client.finish_login()
+    conf = pool.db.conf
+    if conf is not None and conf.connect_query:
+        set_server_state(server, SV_TESTED)
+        server.run_internal(conf.connect_query, _connect_query_done)
+        return
+    server_available(server)
+
+
+def _connect_query_done(server, error) -> None:
+    if error is not None:
+        log.warning(f"{server.prefix()}connect_query failed: {error}")
+    server_available(server)
+
+
+def reset_server(server, pool_mode: str) -> None:
+    """Session mode (or server_reset_query_always): run server_reset_query before reuse."""
+    cfg = registry.cfg
+    q = cfg.server_reset_query
+    if q and (pool_mode == "session" or cfg.server_reset_query_always):
+        set_server_state(server, SV_TESTED)
+        server.run_internal(q, _reset_done)
+    else:
+        server_available(server)
+
+
+def _reset_done(server, error) -> None:
+    if error is not None:
+        server.close(f"reset query failed: {error}")
+        return
+    server_available(server)
+
+
+def client_unlinked_by_close(client, server) -> None:
+    """A client left while linked: keep the server if it is clean, else close it."""
+    client.link = None
+    server.link = None
+    if server.closed:
+        return
+    if server.ready and server.expect_rfq == 0 and server.internal_done is None and not server.tail \
+            and server.skip == 0:
+        reset_server(server, client.pool_mode)
+    else:
+        server.close("client disconnect while server was not ready")
+
+
+def server_closed(server, client, reason, failed_login, login_error, sqlstate, notify) -> None:
+    pool = server.pool
+    if client is not None and notify:
+        client.link = None
+        client.close(reason, send_error=True)
+    if failed_login:
+        pool.last_login_error = login_error or reason
+        pool.last_failed_time = time.monotonic()
+        if pool.welcome_params is None:
+            # nobody could log in yet: clients waiting for their welcome get the server's error
+            for c in list(pool.waiting_clients):
+                if c.state == CL_WAITING_LOGIN:
+                    c.close(login_error or reason, send_error=True, sqlstate=sqlstate)
+        return
+    if pool.waiting_clients and not registry.shutting_down:
+        launch_new_connection(pool)
+
+
+def statement_mode_violation(server) -> None:
+    server.close("transaction blocks not allowed in statement pooling mode")

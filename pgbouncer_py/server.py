@@ -1,0 +1,433 @@
+"""Server side: connect and log in to PostgreSQL, track ReadyForQuery, forward to the linked client, release."""
+
+import asyncio
+import os
+import ssl
+import struct
+import time
+
+from pgbouncer_py import pooling
+from pgbouncer_py.auth import md5 as md5auth
+from pgbouncer_py.auth import scram
+from pgbouncer_py.log import log
+from pgbouncer_py.netutil import format_addr, local_addr_of, tune_tcp
+from pgbouncer_py.objects import SV_FREE, SV_LOGIN, registry, set_server_state
+from pgbouncer_py.proto import build
+from pgbouncer_py.proto import constants as C
+from pgbouncer_py.proto.messages import (
+    MessageReader,
+    ProtocolError,
+    parse_auth_request,
+    parse_error_fields,
+    parse_parameter_status,
+    parse_sasl_mechanisms,
+)
+
+_HDR = struct.Struct("!cI")
+_unpack_len = struct.Struct("!I").unpack_from
+
+PH_CONNECT, PH_SSL, PH_LOGIN, PH_WORK, PH_INTERNAL, PH_CLOSED = range(6)
+
+
+class Server(asyncio.Protocol):
+    """One connection to PostgreSQL, owned by a pool."""
+
+    def __init__(self, pool, host: str, port: int, unix_path: str | None):
+        self.pool = pool
+        self.state = None
+        self.phase = PH_CONNECT
+        self.transport = None
+        self.link = None
+        self.host = host
+        self.port = port
+        self.unix_path = unix_path
+        self.reader = MessageReader()
+        self.params: dict[str, str] = {}
+        self.backend_pid = 0
+        self.backend_key = b""
+        self.cancel_key_raw = b""
+        self.expect_rfq = 0
+        self.tail = b""
+        self.skip = 0
+        self.ready = False              # idle, not in a transaction
+        self.close_needed = False
+        self.created = time.monotonic()
+        self.connect_time = time.time()
+        self.request_time = time.time()
+        self.idle_since = time.monotonic()
+        self.query_start = 0.0
+        self.xact_start = 0.0
+        self.internal_done = None       # callback when an internal query (reset, SET, check) finishes
+        self.internal_error = None
+        self.tls = ""
+        self.local_addr = ("", 0)
+        self.scram_client = None
+        self.paused_peer = False
+        self.closing_reason = None
+        self.connect_task = None
+        self.prepared = {}              # server-side prepared statements (issue 7)
+        self.setting_vars = False
+
+    @property
+    def closed(self) -> bool:
+        return self.phase == PH_CLOSED
+
+    # --- identification for logs and the console ---
+    def prefix(self) -> str:
+        db = self.pool.db.name if self.pool else "(nodb)"
+        user = self.pool.user.name if self.pool else "(nouser)"
+        addr = format_addr(self.host, self.port, self.unix_path is not None)
+        return f"S-0x{id(self):x}: {db}/{user}@{addr} "
+
+    # --- connecting ---
+    def start_connect(self) -> None:
+        loop = registry.loop
+        self.connect_task = loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        cfg = registry.cfg
+        loop = registry.loop
+        try:
+            if self.unix_path:
+                coro = loop.create_unix_connection(lambda: self, self.unix_path)
+            else:
+                coro = loop.create_connection(lambda: self, self.host, self.port)
+            timeout = cfg.server_connect_timeout or None
+            await asyncio.wait_for(coro, timeout)
+        except TimeoutError:
+            self.close("connect timeout", failed_login=True, login_error="connect timeout")
+        except OSError as e:
+            msg = e.strerror or str(e)
+            self.close("connect failed", failed_login=True, login_error=f"connect failed: {msg}")
+        except asyncio.CancelledError:
+            pass
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        cfg = registry.cfg
+        tune_tcp(transport, cfg)
+        self.local_addr = local_addr_of(transport)
+        if self.phase == PH_CLOSED:
+            transport.abort()
+            return
+        if cfg.log_connections:
+            la = self.local_addr
+            src = format_addr(la[0], la[1], False) if self.unix_path is None else "unix socket"
+            log.info(f"{self.prefix()}new connection to server (from {src})")
+        mode = cfg.server_tls_sslmode
+        if mode != "disable" and self.unix_path is None:
+            self.phase = PH_SSL
+            transport.write(build.ssl_request())
+        else:
+            self._send_startup()
+
+    def _send_startup(self) -> None:
+        self.phase = PH_LOGIN
+        db = self.pool.db
+        params = {"database": db.dbname, "user": self.pool.user.name}
+        conf = db.conf
+        if conf is not None:
+            for key, pname in (("client_encoding", "client_encoding"), ("datestyle", "DateStyle"),
+                               ("timezone", "TimeZone"), ("application_name", "application_name")):
+                v = getattr(conf, key, None)
+                if v:
+                    params[pname] = v
+        self.transport.write(build.startup_message(params))
+
+    async def _start_tls(self) -> None:
+        from pgbouncer_py.net import tls
+        try:
+            ctx, hostname = tls.server_context(registry.cfg, self.host)
+            new_transport = await registry.loop.start_tls(self.transport, self, ctx, server_hostname=hostname)
+        except (ssl.SSLError, OSError, ConnectionError, ValueError) as e:
+            self.close(f"TLS handshake failed: {e}", failed_login=True, login_error=f"TLS handshake failed: {e}")
+            return
+        if new_transport is None:
+            self.close("TLS handshake failed", failed_login=True, login_error="TLS handshake failed")
+            return
+        self.transport = new_transport
+        sslobj = new_transport.get_extra_info("ssl_object")
+        if sslobj is not None:
+            self.tls = f"{sslobj.version()}/{sslobj.cipher()[0]}"
+        self._send_startup()
+
+    # --- incoming data ---
+    def data_received(self, data: bytes) -> None:
+        if self.phase == PH_WORK and self.internal_done is None:
+            client = self.link
+            if client is not None:
+                self._forward(data, client)
+                return
+        try:
+            self._slow_path(data)
+        except ProtocolError as e:
+            self.close(f"server sent bad packet: {e}")
+        except Exception as e:  # never let one connection take down the process
+            log.error(f"{self.prefix()}internal error in server handler: {e!r}")
+            self.close("internal error")
+
+    def _forward(self, data: bytes, client) -> None:
+        """HOT: forward server bytes to the client, noticing ReadyForQuery and ParameterStatus."""
+        if self.tail:
+            data = self.tail + data
+            self.tail = b""
+        n = len(data)
+        pos = self.skip
+        release = False
+        stats = self.pool.db.stats
+        stats.bytes_sent += n
+        while pos < n:
+            if pos + 5 > n:
+                break
+            t = data[pos]
+            end = pos + 1 + _unpack_len(data, pos + 1)[0]
+            if t == 90:                      # 'Z' ReadyForQuery
+                if end > n:
+                    break
+                release = self._ready_for_query(data[pos + 5], stats)
+            elif t == 83:                    # 'S' ParameterStatus
+                if end > n:
+                    break
+                name, value = parse_parameter_status(data[pos + 5:end])
+                self.params[name] = value
+                client.vars[name] = value
+            pos = end
+        if pos >= n:
+            self.skip = pos - n
+            client.transport.write(data)
+        else:
+            self.skip = 0
+            self.tail = data[pos:]
+            if pos:
+                client.transport.write(data[:pos])
+        if release:
+            pooling.release_server(self)
+
+    def _ready_for_query(self, status: int, stats) -> bool:
+        """Account a ReadyForQuery; True when the server can go back to the pool now."""
+        now = time.monotonic()
+        if self.expect_rfq > 0:
+            self.expect_rfq -= 1
+        if self.query_start:
+            stats.query_count += 1
+            stats.query_time += int((now - self.query_start) * 1e6)
+            self.query_start = 0.0
+        self.ready = status == 73            # 'I'
+        if self.ready:
+            if self.xact_start:
+                stats.xact_count += 1
+                stats.xact_time += int((now - self.xact_start) * 1e6)
+                self.xact_start = 0.0
+            if self.expect_rfq == 0 and self.link is not None and self.link.pool_mode != "session":
+                return True
+        elif not self.xact_start:
+            self.xact_start = now
+        if self.link is not None and self.link.pool_mode == "statement" and not self.ready and self.expect_rfq == 0:
+            pooling.statement_mode_violation(self)
+        return False
+
+    def _slow_path(self, data: bytes) -> None:
+        if self.phase == PH_SSL:
+            b = data[:1]
+            rest = data[1:]
+            if b == b"S":
+                self.phase = PH_CONNECT
+                registry.loop.create_task(self._start_tls())
+                return
+            if b == b"N":
+                if registry.cfg.server_tls_sslmode in ("require", "verify-ca", "verify-full"):
+                    self.close("server refused SSL", failed_login=True, login_error="server refused SSL")
+                    return
+                self._send_startup()
+                if rest:
+                    self._slow_path(rest)
+                return
+            if b == b"E":
+                # very old servers answer SSLRequest with an error; treat as no TLS
+                self._send_startup()
+                return
+            self.close("bad SSL response", failed_login=True, login_error="bad SSL response")
+            return
+        self.reader.feed(data)
+        while self.phase not in (PH_CLOSED,):
+            if self.phase == PH_WORK and self.link is not None and self.internal_done is None:
+                rest = self.reader.take_rest()
+                if rest:
+                    self._forward(rest, self.link)
+                return
+            m = self.reader.next()
+            if m is None:
+                return
+            mtype, body = m
+            if self.phase == PH_LOGIN:
+                self._login_message(mtype, body)
+            else:
+                self._idle_message(mtype, body)
+
+    def _login_message(self, mtype: int, body: bytes) -> None:
+        if mtype == C.B_AUTH:
+            self._auth_request(body)
+        elif mtype == C.B_PARAMETER_STATUS:
+            name, value = parse_parameter_status(body)
+            self.params[name] = value
+        elif mtype == C.B_BACKEND_KEY:
+            if len(body) >= 8:
+                self.backend_pid = struct.unpack_from("!I", body)[0]
+                self.backend_key = body[4:]
+        elif mtype == C.B_ERROR:
+            f = parse_error_fields(body)
+            sev = f.get("S", "ERROR")
+            msg = f.get("M", "")
+            log.info(f"{self.prefix()}server login failed: {sev} {msg}")
+            self.close("login failed", failed_login=True, login_error=msg, login_sqlstate=f.get("C", "08P01"))
+        elif mtype == C.B_READY:
+            self.phase = PH_WORK
+            self.ready = True
+            pooling.server_login_done(self)
+        elif mtype == C.B_NOTICE or mtype == C.B_NEGOTIATE_VERSION:
+            pass
+        else:
+            self.close(f"unexpected message during login: {chr(mtype)!r}", failed_login=True,
+                       login_error="server login failed: unexpected message")
+
+    def _auth_request(self, body: bytes) -> None:
+        code, extra = parse_auth_request(body)
+        if code == C.AUTH_OK:
+            return
+        password = pooling.server_password(self.pool)
+        user = self.pool.user
+        if code == C.AUTH_CLEARTEXT:
+            if password is None or password.startswith("md5") or password.startswith("SCRAM-SHA-256$"):
+                self._login_fail("server login failed: wrong password type")
+                return
+            self.transport.write(build.password_message(password.encode() + b"\0"))
+        elif code == C.AUTH_MD5:
+            if password is None or password.startswith("SCRAM-SHA-256$"):
+                self._login_fail("server login failed: wrong password type")
+                return
+            resp = md5auth.md5_response(password, user.name, extra[:4])
+            self.transport.write(build.password_message(resp.encode() + b"\0"))
+        elif code == C.AUTH_SASL:
+            mechs = parse_sasl_mechanisms(extra)
+            if "SCRAM-SHA-256" not in mechs:
+                self._login_fail("server login failed: none of the server's SASL authentication mechanisms are supported")
+                return
+            if password is not None and password.startswith("SCRAM-SHA-256$"):
+                if user.scram_client_key is None:
+                    self._login_fail("server login failed: wrong password type")
+                    return
+                self.scram_client = scram.ScramClient(user.name, client_key=user.scram_client_key,
+                                                      server_key=user.scram_server_key)
+            elif password is None or password.startswith("md5"):
+                self._login_fail("server login failed: wrong password type")
+                return
+            else:
+                self.scram_client = scram.ScramClient(user.name, password=password)
+            self.transport.write(build.sasl_initial_response("SCRAM-SHA-256", self.scram_client.client_first()))
+        elif code == C.AUTH_SASL_CONTINUE:
+            if self.scram_client is None:
+                self._login_fail("server login failed: unexpected SASL message")
+                return
+            try:
+                self.transport.write(build.password_message(self.scram_client.client_final(extra)))
+            except scram.ScramError as e:
+                self._login_fail(f"server login failed: {e}")
+        elif code == C.AUTH_SASL_FINAL:
+            try:
+                self.scram_client.verify_server_final(extra)
+            except (scram.ScramError, AttributeError) as e:
+                self._login_fail(f"server login failed: {e}")
+        else:
+            self._login_fail(f"server login failed: unsupported authentication method {code}")
+
+    def _login_fail(self, msg: str) -> None:
+        log.warning(f"{self.prefix()}{msg}")
+        self.close("login failed", failed_login=True, login_error=msg)
+
+    def _idle_message(self, mtype: int, body: bytes) -> None:
+        """Messages while no client is linked: internal queries (reset, SET, check) or asynchronous ones."""
+        if mtype == C.B_PARAMETER_STATUS:
+            name, value = parse_parameter_status(body)
+            self.params[name] = value
+            return
+        if self.internal_done is not None:
+            if mtype == C.B_ERROR:
+                f = parse_error_fields(body)
+                self.internal_error = f.get("M", "error")
+            elif mtype == C.B_READY:
+                self.ready = body[:1] == b"I"
+                done, self.internal_done = self.internal_done, None
+                err, self.internal_error = self.internal_error, None
+                done(self, err)
+            return
+        if mtype == C.B_NOTICE or mtype == C.B_NOTIFICATION:
+            return
+        if mtype == C.B_ERROR:
+            f = parse_error_fields(body)
+            log.info(f"{self.prefix()}server sent an error while idle: {f.get('S', '')} {f.get('M', '')}")
+            self.close("server conn crashed?")
+            return
+        self.close(f"idle server got unexpected message: {chr(mtype)!r}")
+
+    def run_internal(self, sql: str, done) -> None:
+        """Send an internal query; done(server, error_or_None) is called at its ReadyForQuery."""
+        self.internal_done = done
+        self.internal_error = None
+        self.transport.write(build.query(sql))
+
+    # --- flow control ---
+    def pause_writing(self) -> None:
+        c = self.link
+        if c is not None and c.transport is not None:
+            c.transport.pause_reading()
+            self.paused_peer = True
+
+    def resume_writing(self) -> None:
+        c = self.link
+        if self.paused_peer and c is not None and c.transport is not None:
+            self.paused_peer = False
+            c.transport.resume_reading()
+
+    def connection_lost(self, exc) -> None:
+        if self.phase != PH_CLOSED:
+            if self.phase == PH_LOGIN or self.phase == PH_SSL or self.phase == PH_CONNECT:
+                self.close("server closed connection during login", failed_login=True,
+                           login_error="server closed the connection unexpectedly")
+            else:
+                self.close("server conn crashed?" if self.link is not None or not self.ready
+                           else "server closed connection")
+
+    # --- the one exit path ---
+    def close(self, reason: str, *, failed_login: bool = False, login_error: str | None = None,
+              login_sqlstate: str = "08P01", notify_client: bool = True) -> None:
+        if self.phase == PH_CLOSED:
+            return
+        self.phase = PH_CLOSED
+        self.closing_reason = reason
+        age = int(time.monotonic() - self.created)
+        if registry.cfg.log_disconnections:
+            log.info(f"{self.prefix()}closing because: {reason} (age={age}s)")
+        if self.connect_task is not None and not self.connect_task.done():
+            self.connect_task.cancel()
+        if self.transport is not None:
+            try:
+                if self.state != SV_LOGIN and not failed_login:
+                    self.transport.write(build.terminate())
+            except Exception:
+                pass
+            self.transport.close() if self.ready else self.transport.abort()
+        client = self.link
+        self.link = None
+        set_server_state(self, SV_FREE)
+        pooling.server_closed(self, client, reason, failed_login, login_error, login_sqlstate, notify_client)
+
+
+def server_unix_path(host: str | None, port: int) -> str | None:
+    if host is None or host == "":
+        return os.path.join("/var/run/postgresql" if os.path.isdir("/var/run/postgresql") else "/tmp",
+                            f".s.PGSQL.{port}")
+    if host.startswith("/"):
+        return os.path.join(host, f".s.PGSQL.{port}")
+    if host.startswith("@"):
+        return "\0" + host[1:] + f"/.s.PGSQL.{port}"
+    return None
