@@ -8,6 +8,7 @@ import ssl
 import sys
 
 from pgbouncer_py import VERSION_STRING, __version__
+from pgbouncer_py.auth import login
 from pgbouncer_py.client import Client
 from pgbouncer_py.config import ConfigError, load_config
 from pgbouncer_py.config.userlist import load_auth_file
@@ -59,6 +60,7 @@ class Pooler:
         self.cfg = cfg
         log.configure(cfg)
         self._load_auth_file(cfg, force=old is None or old.auth_file != cfg.auth_file)
+        login.load_auth_files(cfg, startup=old is None)
         self._apply_users(cfg)
         self._apply_databases(cfg)
         if old is not None:
@@ -81,8 +83,11 @@ class Pooler:
         if not force and key == self.auth_file_stat:
             return
         try:
-            registry.auth_users = load_auth_file(cfg.auth_file)
+            problems: list[str] = []
+            registry.auth_users = load_auth_file(cfg.auth_file, problems)
             self.auth_file_stat = key
+            for text in problems:
+                log.error(f"{text} ({cfg.auth_file})")
         except (OSError, ConfigError) as e:
             log.warning(f"could not load auth_file {cfg.auth_file}: {e}")
 
@@ -186,6 +191,11 @@ class Pooler:
         registry.main = self
         self.done = loop.create_future()
         self.apply_config(self.cfg)
+        auth_problem = login.config_error(self.cfg)
+        if auth_problem:
+            log.error(auth_problem)
+            log.fatal("TLS setup failed")
+            return 1
         self._log_fd_limit()
         try:
             self._open_listeners()

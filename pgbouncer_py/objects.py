@@ -106,6 +106,7 @@ class Pool:
         self.last_connect_time = 0.0
         self.last_lifetime_disconnect = 0.0
         self.reserve_used = 0
+        self.auth_waiters: list = []     # auth_query lookups waiting for a server (auth/auth_query.py)
         self.created = time.monotonic()
         self.last_active = time.monotonic()
 

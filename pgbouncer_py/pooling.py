@@ -208,6 +208,10 @@ def server_available(server) -> None:
         if registry.paused or pool.db.paused:
             set_server_state(server, SV_IDLE)
             return
+    if pool.auth_waiters:
+        from pgbouncer_py.auth import auth_query
+        if auth_query.give_server(server):
+            return
     for client in pool.waiting_clients:
         if client.state == CL_WAITING:
             link(client, server)
@@ -275,6 +279,9 @@ def client_unlinked_by_close(client, server) -> None:
 
 def server_closed(server, client, reason, failed_login, login_error, sqlstate, notify) -> None:
     pool = server.pool
+    if pool.auth_waiters or server.internal_rows is not None:
+        from pgbouncer_py.auth import auth_query
+        auth_query.server_closed(server, failed_login, login_error or reason, sqlstate)
     if client is not None and notify:
         client.link = None
         client.close(reason, send_error=True)

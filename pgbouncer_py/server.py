@@ -59,6 +59,7 @@ class Server(asyncio.Protocol):
         self.xact_start = 0.0
         self.internal_done = None       # callback when an internal query (reset, SET, check) finishes
         self.internal_error = None
+        self.internal_rows = None       # DataRow bodies of an internal query (auth_query)
         self.tls = ""
         self.local_addr = ("", 0)
         self.scram_client = None
@@ -354,6 +355,8 @@ class Server(asyncio.Protocol):
             if mtype == C.B_ERROR:
                 f = parse_error_fields(body)
                 self.internal_error = f.get("M", "error")
+            elif mtype == C.B_DATA_ROW and self.internal_rows is not None:
+                self.internal_rows.append(body)
             elif mtype == C.B_READY:
                 self.ready = body[:1] == b"I"
                 done, self.internal_done = self.internal_done, None

@@ -1,11 +1,14 @@
-"""Client authentication: picks the method from auth_type (and the stored secret) and runs its exchange."""
+"""Client authentication: picks the method from auth_type (an auth_hba_file rule, the stored secret) and runs
+its exchange; users missing from auth_file are looked up with auth_query; PAM checks run in a thread."""
 
 import hashlib
 import hmac
 import os
 
+from pgbouncer_py.auth import auth_query, cert, peer, scram
 from pgbouncer_py.auth import md5 as md5auth
-from pgbouncer_py.auth import scram
+from pgbouncer_py.auth import pam as pamauth
+from pgbouncer_py.config import hba as hbaconf
 from pgbouncer_py.log import log
 from pgbouncer_py.objects import User, registry
 from pgbouncer_py.proto import build
@@ -14,13 +17,75 @@ from pgbouncer_py.proto.messages import ProtocolError, parse_password, parse_sas
 
 _MOCK_KEY = os.urandom(32)
 
+# failure texts sent to the client, as PgBouncer words them
+FAIL_PASSWORD = "password authentication failed"
+FAIL_SASL = "SASL authentication failed"
+FAIL_TRUST = '"trust" authentication failed'
+FAIL_CERT = "certificate authentication failed"
+FAIL_PAM = "PAM authentication failed"
+FAIL_PEER = "unix socket login rejected"
+FAIL_REJECT = "login rejected"
+
+# the rules in force (main.py loads them on start and RELOAD through load_auth_files)
+hba_rules: hbaconf.HbaRules | None = None
+ident_map: hbaconf.IdentMap | None = None
+_file_keys: dict[str, tuple] = {}
+
+
+def _stat_key(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def load_auth_files(cfg, *, startup: bool = False) -> None:
+    """(Re)load auth_hba_file and auth_ident_file. A file that cannot be read or has bad lines is logged and
+    the rules in force are kept (at startup there are none, so every hba login is rejected)."""
+    global hba_rules, ident_map
+    for setting, loader in (("auth_hba_file", hbaconf.load_hba_file), ("auth_ident_file", hbaconf.load_ident_file)):
+        path = cfg.get(setting) or ""
+        current = hba_rules if setting == "auth_hba_file" else ident_map
+        if not path:
+            new = None
+        else:
+            key = (path, _stat_key(path))
+            if not startup and current is not None and _file_keys.get(setting) == key:
+                continue
+            try:
+                new = loader(path)
+            except (OSError, UnicodeDecodeError) as e:
+                log.error(f"could not load {setting} {path}: {getattr(e, 'strerror', None) or e}")
+                continue
+            if new.errors:
+                for text in new.errors:
+                    log.error(f"{setting}: {text}")
+                log.warning(f"{setting} {path} has errors, "
+                            f"{'keeping the rules loaded before' if current is not None else 'no rules in force'}")
+                continue
+            for text in getattr(new, "warnings", ()):
+                log.warning(f"{setting}: {text}")
+            _file_keys[setting] = key
+        if setting == "auth_hba_file":
+            hba_rules = new
+        else:
+            ident_map = new
+
+
+def config_error(cfg) -> str | None:
+    """A startup problem of the auth settings (the pooler refuses to start), or None."""
+    if cfg.auth_type == "cert" and cfg.client_tls_sslmode != "verify-full":
+        return "auth_type=cert requires client_tls_sslmode=SSLMODE_VERIFY_FULL"
+    return None
+
 
 def secret_kind(secret: str | None) -> str:
     if secret is None:
         return "none"
     if secret.startswith("SCRAM-SHA-256$") and scram.parse_scram_secret(secret) is not None:
         return "scram"
-    if len(secret) == 35 and secret.startswith("md5"):
+    if md5auth.is_md5_secret(secret):
         return "md5"
     return "plain"
 
@@ -42,16 +107,22 @@ class Authenticator:
 
     def __init__(self, client):
         self.client = client
-        self.method = None
+        self.method = None          # exchange in progress: plain, md5, scram, pam, pam-wait
+        self.kind = None            # auth method chosen: trust, plain, md5, scram-sha-256, cert, peer, pam
+        self.rule = None            # the matching auth_hba_file rule
         self.user: User | None = None
         self.mock = False
         self.salt = b""
         self.scram_server = None
         self.scram_stage = 0
-        self.fail_text = "password authentication failed"
+        self.lookup = None
+        self.fail_text = FAIL_PASSWORD
 
     def cancel(self) -> None:
         self.client = None
+        if self.lookup is not None:
+            self.lookup.cancel()
+            self.lookup = None
 
     # --- choosing the method ---
     def start(self) -> None:
@@ -67,50 +138,118 @@ class Authenticator:
                 client.admin_level = 2
                 self._ok(registry.users.get(name) or User(name))
                 return
-        else:
-            if cfg.auth_type == "any":
-                if client.db.forced_user is None:
-                    client.close("bouncer config error", send_error=True)
-                    return
-                self._ok(registry.users.get(name) or User(name))
+        elif cfg.auth_type == "any":
+            if client.db.forced_user is None:
+                log.error(f"{client.prefix()}auth_type=any requires forced user")
+                client.close("bouncer config error", send_error=True)
                 return
+            self._ok(registry.users.get(name) or User(name))
+            return
+        kind = cfg.auth_type
+        if kind == "hba":
+            rules = hba_rules
+            rule = None
+            if rules is not None:
+                rule = rules.match(conn_type="local" if client.is_unix else "host", tls=bool(client.tls),
+                                   addr=None if client.is_unix else client.addr, database=client.dbname,
+                                   user=name, replication=client.replication != "none")
+            if rule is None:
+                log.info(f"{client.prefix()}no matching auth_hba_file rule")
+                client.close(FAIL_REJECT, send_error=True)
+                return
+            self.rule = rule
+            kind = "plain" if rule.method == "password" else rule.method
+        if kind == "reject":
+            client.close(FAIL_REJECT, send_error=True)
+            return
+        if kind == "ldap":
+            client.close("LDAP authentication is not supported by pgbouncer-py", send_error=True)
+            return
+        self.kind = kind
+        if kind == "pam":
+            self._ask_cleartext("pam")
+            return
         user = registry.users.get(name)
+        if (user is None or user.secret is None) and not client.admin:
+            if auth_query.settings_for(client.db, cfg)[0]:
+                self.lookup = auth_query.Lookup(self, client, name)
+                self.lookup.start()
+                return
+        self._with_user(user)
+
+    # --- auth_query answers (auth_query.Lookup calls these) ---
+    def query_result(self, user: User | None) -> None:
+        self.lookup = None
+        if self.client is None:
+            return
+        if user is None:
+            log.info(f"{self.client.prefix()}no such user: {self.client.username}")
+            self.client.close("no such user", send_error=True)
+            return
+        self._with_user(user)
+
+    def query_failed(self, text: str, sqlstate: str = "08P01") -> None:
+        self.lookup = None
+        if self.client is not None:
+            self.client.close(text, send_error=True, sqlstate=sqlstate)
+
+    # --- the user is known (or not): run the method ---
+    def _with_user(self, user: User | None) -> None:
+        client = self.client
         secret = user.secret if user is not None else None
         if user is None or secret is None:
-            log.info(f"{client.prefix()}no such user: {name}")
+            log.info(f"{client.prefix()}no such user: {client.username}")
             self.mock = True
             user = None
         self.user = user
-        method = cfg.auth_type
-        if method in ("hba", "cert", "pam", "peer", "ldap"):
-            client.close(f"auth_type={method} is not supported by this version of pgbouncer-py", send_error=True)
-            return
-        if method == "trust":
+        kind = self.kind
+        mapname = self.rule.options.get("map") if self.rule is not None else None
+        if kind == "trust":
             if self.mock:
-                client.close('"trust" authentication failed', send_error=True)
+                client.close(FAIL_TRUST, send_error=True)
                 return
             self._ok(user)
             return
-        kind = secret_kind(secret)
-        if method == "plain":
-            self._ask_cleartext()
-        elif method == "md5":
-            if kind == "scram":
+        if kind == "peer":
+            system_user = peer.os_user_name(client.peer_uid) if client.is_unix else None
+            if self.mock or not peer.peer_allowed(system_user, client.username, mapname, ident_map):
+                log.info(f"{client.prefix()}peer authentication failed (system user {system_user})")
+                client.close(FAIL_PEER, send_error=True)
+                return
+            self._ok(user)
+            return
+        if kind == "cert":
+            peer_cert = getattr(client, "peer_cert", None) if client.tls else None
+            if self.mock or not cert.cert_allowed(peer_cert, client.username, mapname, ident_map):
+                log.info(f"{client.prefix()}certificate authentication failed "
+                         f"(CN {cert.cert_common_name(peer_cert)})")
+                client.close(FAIL_CERT, send_error=True)
+                return
+            self._ok(user)
+            return
+        if secret == "":
+            # an empty stored password never authenticates anybody
+            self.mock = True
+        secret_type = secret_kind(secret)
+        if kind == "plain":
+            self._ask_cleartext("plain")
+        elif kind == "md5":
+            if secret_type == "scram":
                 self._ask_scram(secret)
             else:
                 self._ask_md5()
-        elif method == "scram-sha-256":
-            if kind == "md5":
-                # an md5 secret cannot be used for SCRAM: run the exchange and fail it
+        elif kind == "scram-sha-256":
+            if secret_type == "md5":
+                # an md5 secret cannot do SCRAM: run the exchange and fail it
                 self.mock = True
-                self._ask_scram(None)
-            else:
-                self._ask_scram(secret)
+            self._ask_scram(secret)
         else:
-            client.close(f"unsupported auth_type: {method}", send_error=True)
+            client.close(f"auth_type={kind} is not supported by pgbouncer-py", send_error=True)
 
-    def _ask_cleartext(self) -> None:
-        self.method = "plain"
+    def _ask_cleartext(self, method: str) -> None:
+        self.method = method
+        if method == "pam":
+            self.fail_text = FAIL_PAM
         self.client.transport.write(build.auth_request(C.AUTH_CLEARTEXT))
 
     def _ask_md5(self) -> None:
@@ -120,14 +259,13 @@ class Authenticator:
 
     def _ask_scram(self, secret: str | None) -> None:
         self.method = "scram"
-        self.fail_text = "SASL authentication failed"
+        self.fail_text = FAIL_SASL
         cfg = registry.cfg
         if secret is None or self.mock:
             # mock authentication: a secret nobody knows, with a salt that stays the same for a user name,
             # so unknown users look exactly like wrong passwords
             salt = hmac.new(_MOCK_KEY, self.client.username.encode(), hashlib.sha256).digest()[:16]
             secret = scram.make_scram_secret(_MOCK_KEY.hex(), cfg.scram_iterations, salt=salt)
-        self.scram_secret_text = secret
         parsed = scram.parse_scram_secret(secret)
         self.scram_server = scram.ScramServer(parsed if parsed is not None else secret,
                                               iterations=cfg.scram_iterations)
@@ -141,8 +279,13 @@ class Authenticator:
                 return
             raise ProtocolError("expected password packet")
         if self.method == "plain":
-            password = parse_password(body)
-            self._check_password(password)
+            password = self._password(body)
+            if password is not None:
+                self._check_password(password)
+        elif self.method == "pam":
+            password = self._password(body)
+            if password is not None:
+                self._start_pam(password)
         elif self.method == "md5":
             password = parse_password(body)
             if self.mock or not md5auth.md5_verify(self.user.secret, self.user.name, self.salt, password):
@@ -154,13 +297,17 @@ class Authenticator:
         else:
             raise ProtocolError("unexpected password packet")
 
-    def _check_password(self, password: str) -> None:
+    def _password(self, body: bytes) -> str | None:
+        password = parse_password(body)
         if password == "":
             self.client.close("empty password returned by client", send_error=True)
-            return
-        if len(password) >= C.MAX_PASSWORD:
+            return None
+        if len(password.encode()) >= C.MAX_PASSWORD:
             self.client.close("password too long", send_error=True)
-            return
+            return None
+        return password
+
+    def _check_password(self, password: str) -> None:
         if self.mock or not check_cleartext(self.user.secret, self.user.name, password):
             self._fail()
             return
@@ -170,6 +317,41 @@ class Authenticator:
                 password, s.salt, s.iterations)
         self._ok(self.user)
 
+    # --- PAM ---
+    def _start_pam(self, password: str) -> None:
+        self.method = "pam-wait"
+        try:
+            fut = pamauth.check_password(registry.loop, self.client.username, password)
+        except RuntimeError as e:
+            log.error(f"{self.client.prefix()}PAM check could not start: {e}")
+            self._fail()
+            return
+        fut.add_done_callback(lambda f: self._pam_done(f, password))
+
+    def _pam_done(self, fut, password: str) -> None:
+        client = self.client
+        if client is None:
+            return
+        try:
+            ok = fut.result()
+        except Exception as e:  # a broken PAM stack fails this login only
+            log.error(f"{client.prefix()}PAM error: {e}")
+            ok = False
+        if not ok:
+            self._fail()
+            return
+        name = client.username
+        user = registry.users.get(name)
+        if user is None:
+            user = registry.users[name] = User(name)
+            user.dynamic = True
+        if user.secret != password:
+            # the server login uses the password PAM accepted
+            user.secret = password
+            user.scram_client_key = user.scram_server_key = None
+        self._ok(user)
+
+    # --- SCRAM ---
     def _scram_message(self, body: bytes) -> None:
         try:
             if self.scram_stage == 0:
@@ -186,6 +368,7 @@ class Authenticator:
                     self._fail()
                     return
                 if self.user is not None and secret_kind(self.user.secret) == "scram":
+                    # pass-through: the server login can now use these keys, without any password
                     self.user.scram_client_key = self.scram_server.client_key
                     self.user.scram_server_key = self.scram_server.server_key
                 self.client.transport.write(build.auth_request(C.AUTH_SASL_FINAL, final))
