@@ -112,15 +112,18 @@ ensure_venv() {
     fi
     # Reinstall only when pyproject.toml changed (or the venv is new).
     local stamp="$VENV/.pgbouncer-py-deps" want
-    want="$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -d' ' -f1) $("$VENV/bin/python" -VV | tr -d '\n')"
+    local -a reqs=(-e '.[test]' 'pytest>=8')
+    want="$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -d' ' -f1) ${reqs[*]} $("$VENV/bin/python" -VV | tr -d '\n')"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         return 0
     fi
+    # ('pytest>=8': with --system-site-packages a Debian python3-pytest 7 installed by hand would satisfy
+    # plain `pytest`, while a fresh machine gets PyPI's; ask for the PyPI one everywhere.)
     _say "pip install -e '.[test]'"
     (
         cd "$REPO_ROOT"
         PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 "$VENV/bin/python" -m pip install -q \
-            --root-user-action=ignore -e '.[test]'
+            --root-user-action=ignore "${reqs[@]}"
     )
     printf '%s' "$want" > "$stamp"
 }

@@ -66,12 +66,20 @@ print(t - f - e - s, f + e, s)
 EOF
 }
 
+# A hung test must not eat CI's 90 minutes: each pytest run has a wall-clock limit, tracebacks of all
+# threads are dumped when one test runs over 5 minutes, and the slowest tests are listed.
+USER_LIMIT="${PGBTEST_TIMEOUT:-3000}" ROOT_LIMIT="${PGBTEST_ROOT_TIMEOUT:-1200}"
+PYTEST_OPTS=(-o faulthandler_timeout=300 --durations=10)
+
 declare -a run_names=() run_rcs=() run_counts=() run_times=()
 run_pytest() {  # name, then the command to run
     local name="$1" xml="$2" rc=0 t=$SECONDS
     shift 2
     _step "pytest ($name)"
     "$@" </dev/null || rc=$?
+    if [ "$rc" -eq 124 ]; then
+        echo "test.sh: pytest ($name) hit its time limit and was stopped"
+    fi
     run_names+=("$name")
     run_rcs+=("$rc")
     run_counts+=("$(counts "$xml")")
@@ -82,19 +90,19 @@ if [ "$(id -u)" -eq 0 ]; then
     mkdir -p "$RUN_TMP/user" "$RUN_TMP/root"
     chown "$PGBTEST_USER:" "$RUN_TMP/user"
     run_pytest "as $PGBTEST_USER, -m 'not root'" "$RUN_TMP/user/junit.xml" \
-        runuser -u "$PGBTEST_USER" -- env \
+        timeout --foreground -k 30 "$USER_LIMIT" runuser -u "$PGBTEST_USER" -- env \
             HOME="$PGBTEST_HOME" TMPDIR="$RUN_TMP/user" USER="$PGBTEST_USER" LOGNAME="$PGBTEST_USER" \
             PATH="$SAFE_PATH" PYTHONDONTWRITEBYTECODE=1 \
-            "$PY" -m pytest -m "not root" --junitxml="$RUN_TMP/user/junit.xml" "$@"
+            "$PY" -m pytest "${PYTEST_OPTS[@]}" -m "not root" --junitxml="$RUN_TMP/user/junit.xml" "$@"
     run_pytest "as root, -m root" "$RUN_TMP/root/junit.xml" \
-        env TMPDIR="$RUN_TMP/root" PATH="$SAFE_PATH" PYTHONDONTWRITEBYTECODE=1 \
-            "$PY" -m pytest -m root --junitxml="$RUN_TMP/root/junit.xml" "$@"
+        timeout --foreground -k 30 "$ROOT_LIMIT" env TMPDIR="$RUN_TMP/root" PATH="$SAFE_PATH" PYTHONDONTWRITEBYTECODE=1 \
+            "$PY" -m pytest "${PYTEST_OPTS[@]}" -m root --junitxml="$RUN_TMP/root/junit.xml" "$@"
 else
     mkdir -p "$RUN_TMP/user"
     echo "test.sh: not root: tests marked 'root' (packaging) are not run"
     run_pytest "as $(id -un), -m 'not root'" "$RUN_TMP/user/junit.xml" \
-        env TMPDIR="$RUN_TMP/user" PATH="$SAFE_PATH" PYTHONDONTWRITEBYTECODE=1 \
-            "$PY" -m pytest -m "not root" --junitxml="$RUN_TMP/user/junit.xml" "$@"
+        timeout --foreground -k 30 "$USER_LIMIT" env TMPDIR="$RUN_TMP/user" PATH="$SAFE_PATH" PYTHONDONTWRITEBYTECODE=1 \
+            "$PY" -m pytest "${PYTEST_OPTS[@]}" -m "not root" --junitxml="$RUN_TMP/user/junit.xml" "$@"
 fi
 
 # Exit 5 (nothing collected) is fine for a run as long as some run collected tests.

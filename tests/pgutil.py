@@ -154,7 +154,11 @@ class PgCluster:
 
     host = "127.0.0.1"
 
-    def __init__(self, base_dir: Path, *, bindir: Path | None = None, port: int | None = None):
+    def __init__(self, base_dir: Path, *, bindir: Path | None = None, port: int | None = None,
+                 extra_conf: Mapping[str, Any] | None = None, hba: str | None = None):
+        """extra_conf: more postgresql.conf settings (e.g. ssl); hba: pg_hba.conf text replacing the default."""
+        self.extra_conf = dict(extra_conf or {})
+        self.hba = hba
         self.base_dir = Path(base_dir)
         self.data_dir = self.base_dir / "data"
         self.log_path = self.base_dir / "postgres.log"
@@ -173,7 +177,7 @@ class PgCluster:
                                "which runs them as an unprivileged user")
         self._run([self.bindir / "initdb", "-D", self.data_dir, "-U", "postgres", "--auth=trust", "--no-sync",
                    "-E", "UTF8", "--locale=C", "--no-instructions"], what="initdb")
-        (self.data_dir / "pg_hba.conf").write_text(
+        (self.data_dir / "pg_hba.conf").write_text(self.hba if self.hba is not None else
             "# written by tests/pgutil.py\n"
             "local all all trust\n"
             "host all all 127.0.0.1/32 md5\n"
@@ -211,6 +215,7 @@ class PgCluster:
             "log_connections": "on",
             "log_line_prefix": "'%m [%p] %q%u@%d '",
             "lc_messages": "'C'",
+            **self.extra_conf,
         }.items()))
 
     def _setup_roles(self) -> None:
