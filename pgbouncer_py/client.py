@@ -78,6 +78,9 @@ class Client(asyncio.Protocol):
         self.closing_reason = None
         self.counted_db = None
         self.counted_user = None
+        self.idle_since = self.created    # monotonic: when the client last became unlinked (client_idle_timeout)
+        self.wait_notified = False        # query_wait_notify NOTICE sent for the current wait
+        self.no_pqexec = False            # disable_pqexec
 
     # --- identification ---
     def prefix(self) -> str:
@@ -150,6 +153,11 @@ class Client(asyncio.Protocol):
             t = data[pos]
             ln = _unpack_len(data, pos + 1)[0]
             if t == 81 or t == 83:            # 'Q' Query, 'S' Sync
+                if t == 81 and self.no_pqexec:
+                    if pos:
+                        server.transport.write(data[:pos])
+                    self.close("PQexec disallowed", send_error=True)
+                    return
                 server.expect_rfq += 1
                 if not server.query_start:
                     now = time.monotonic()
@@ -469,6 +477,8 @@ class Client(asyncio.Protocol):
         """Send the welcome (ParameterStatus, BackendKeyData, ReadyForQuery) and enter the work phase."""
         cfg = registry.cfg
         params = dict(self.pool.welcome_params or {})
+        if cfg.application_name_add_host and "application_name" in self.vars:
+            self.vars["application_name"] += " - " + format_addr(self.addr, self.port, self.is_unix)
         for name in pooling.tracked_params(cfg):
             if name in self.vars:
                 params[name] = self.vars[name]
@@ -483,6 +493,8 @@ class Client(asyncio.Protocol):
         self.phase = PH_WORK
         set_client_state(self, CL_ACTIVE)
         self._max_packet = cfg.max_packet_size
+        self.idle_since = time.monotonic()
+        self.no_pqexec = bool(cfg.disable_pqexec)
         if self.pending:
             data = bytes(self.pending)
             self.pending.clear()

@@ -1,13 +1,25 @@
-"""Periodic maintenance with one cached `now`: timeouts, pool sizing, stats period."""
+"""Periodic maintenance with one cached `now`: every client and server timeout, pool sizing, idle pools and
+auto-databases, suspend progress and the stats period. Nothing here runs per message."""
 
 import time
 
 from pgbouncer_py import pooling
 from pgbouncer_py.log import log
 from pgbouncer_py.objects import CL_WAITING, CL_WAITING_LOGIN, registry
+from pgbouncer_py.proto import build
 from pgbouncer_py.stats import Stats, averages, stats_log_line
 
 INTERVAL = 1.0 / 3
+QUEUED_NOTICE = "No server connection available in postgres backend, client being queued"
+
+
+def user_setting(client, pool, attr: str, cfg):
+    """A per-user timeout: the client's login user, then the pool's user, then the global value."""
+    user = client.user if client.user is not None else pool.user
+    v = user.setting(attr, None)
+    if v is None and user is not pool.user:
+        v = pool.user.setting(attr, None)
+    return getattr(cfg, attr) if v is None else v
 
 
 class Janitor:
@@ -40,46 +52,163 @@ class Janitor:
                     c.close("client_login_timeout", send_error=True)
         for pool in list(registry.pools.values()):
             self.visit_pool(pool, now, cfg)
+        self.idle_pools(now, cfg)
+        self.auto_databases(now, cfg)
+        self.suspend_progress(now, cfg)
         if now - self.last_stats >= cfg.stats_period:
             self.stats_period(now - self.last_stats)
             self.last_stats = now
+        from pgbouncer_py.admin import control
+        control.janitor_tick(now)
         if registry.main is not None:
             registry.main.janitor_tick(now)
 
+    # --- one pool ---
     def visit_pool(self, pool, now: float, cfg) -> None:
         db = pool.db
         if db.admin:
             return
-        # waiting clients: timeouts, and new servers when logins failed or the reserve opens
-        qwt = pool.user.setting("query_wait_timeout", None)
-        if qwt is None:
-            qwt = db.setting("query_wait_timeout", cfg.query_wait_timeout)
+        if pool.server_count() or pool.client_count():
+            pool.last_active = now
+            db.inactive_since = now
+        self.waiting_clients(pool, now, cfg)
+        self.active_clients(pool, now, cfg)
+        self.login_servers(pool, now, cfg)
+        self.active_servers(pool, now, cfg)
+        self.idle_servers(pool, now, cfg)
+
+    def waiting_clients(self, pool, now: float, cfg) -> None:
+        db = pool.db
+        notify = cfg.query_wait_notify
         for c in list(pool.waiting_clients):
+            qwt = c.user.setting("query_wait_timeout", None) if c.user is not None else None
+            if qwt is None:
+                qwt = db.setting("query_wait_timeout", cfg.query_wait_timeout)
+            age = now - c.wait_start
             if c.state == CL_WAITING_LOGIN:
                 if pool.last_login_error is None and cfg.client_login_timeout and \
                         now - c.created > cfg.client_login_timeout:
                     c.close("client_login_timeout (server down)", send_error=True)
-                elif qwt and now - c.wait_start > qwt:
+                elif qwt and age > qwt:
                     c.close("query_wait_timeout", send_error=True)
-            elif c.state == CL_WAITING and qwt and now - c.wait_start > qwt:
+                continue
+            if c.state != CL_WAITING:
+                continue
+            qt = user_setting(c, pool, "query_timeout", cfg)
+            if qt and age > qt:
+                c.close("query_timeout", send_error=True)
+            elif qwt and age > qwt:
                 c.close("query_wait_timeout", send_error=True)
+            elif notify and age > notify and not c.wait_notified:
+                c.wait_notified = True
+                c.transport.write(build.notice_response(QUEUED_NOTICE))
         if pool.waiting_clients and not db.paused and not registry.paused:
             pooling.launch_new_connection(pool)
-        # idle servers: idle timeout and lifetime, keeping min_pool_size
+
+    def active_clients(self, pool, now: float, cfg) -> None:
+        for c in list(pool.active_clients):
+            s = c.link
+            if s is None:
+                cit = user_setting(c, pool, "client_idle_timeout", cfg)
+                if cit and not c.pending and now - c.idle_since > cit:
+                    c.close("client_idle_timeout", send_error=True)
+                continue
+            if s.internal_done is not None:
+                continue
+            qt = user_setting(c, pool, "query_timeout", cfg)
+            if qt and s.query_start and now - s.query_start > qt:
+                s.close("query timeout")
+                continue
+            tt = user_setting(c, pool, "transaction_timeout", cfg)
+            if tt and s.xact_start and now - s.xact_start > tt:
+                s.close("transaction timeout")
+                continue
+            itt = user_setting(c, pool, "idle_transaction_timeout", cfg)
+            if itt and not s.ready and s.expect_rfq == 0 and s.last_rfq and now - s.last_rfq > itt:
+                s.close("idle transaction timeout")
+
+    def login_servers(self, pool, now: float, cfg) -> None:
+        sct = cfg.server_connect_timeout
+        if not sct:
+            return
+        for s in list(pool.login_servers):
+            if now - s.created > sct:
+                s.close("connect timeout", failed_login=True, login_error="connect timeout")
+
+    def active_servers(self, pool, now: float, cfg) -> None:
+        if not cfg.server_fast_close:
+            return
+        dirty = pool.db.dirty
+        for s in list(pool.active_servers):
+            # session pooling: a server that must be replaced goes as soon as its transaction is over
+            if (s.close_needed or dirty) and s.ready and s.expect_rfq == 0 and s.internal_done is None:
+                s.close("database configuration changed" if dirty else "server_fast_close")
+
+    def idle_servers(self, pool, now: float, cfg) -> None:
+        db = pool.db
         min_size = pool.min_pool_size(cfg)
         lifetime = db.setting("server_lifetime", cfg.server_lifetime)
+        too_many = pool.server_count() - (pool.pool_size(cfg) + pool.reserve_pool_size(cfg))
         for s in list(pool.idle_servers):
-            if pool.server_count() <= min_size and not s.close_needed and not db.dirty:
-                break
             if s.close_needed or db.dirty:
                 s.close("database configuration changed" if db.dirty else "close_needed")
+            elif too_many > 0:
+                too_many -= 1
+                s.close("too many servers in the pool")
+            elif pool.server_count() <= min_size:
+                continue
             elif cfg.server_idle_timeout and now - s.idle_since > cfg.server_idle_timeout:
                 s.close("server idle timeout")
             elif lifetime and now - s.created > lifetime:
                 s.close("server lifetime over")
         if min_size and pool.server_count() < min_size and pool.welcome_params is not None \
                 and not db.paused and not registry.paused:
-            pooling.launch_new_connection(pool, force=True)
+            if pooling.launch_new_connection(pool, force=True):
+                log.debug(f"launching new connection to satisfy min_pool_size for {db.name}/{pool.user.name}")
+
+    # --- process-wide ---
+    def idle_pools(self, now: float, cfg) -> None:
+        pit = cfg.pool_idle_timeout
+        if not pit:
+            return
+        for key, pool in list(registry.pools.items()):
+            if pool.db.admin or pool.server_count() or pool.client_count():
+                continue
+            age = now - pool.last_active
+            if age > pit:
+                log.info(f"cleaning up idle pool for user {pool.user.name} on db {pool.db.name} because: "
+                         f"pool idle timeout (age= {int(age)}s)")
+                del registry.pools[key]
+
+    def auto_databases(self, now: float, cfg) -> None:
+        t = cfg.autodb_idle_timeout
+        if not t:
+            return
+        for name, db in list(registry.databases.items()):
+            if not db.auto or now - db.inactive_since <= t:
+                continue
+            if any(p.db is db and (p.server_count() or p.client_count()) for p in registry.pools.values()):
+                continue
+            log.info(f"dropping database '{name}' as it does not exist anymore or inactive auto-database")
+            for key, p in list(registry.pools.items()):
+                if p.db is db:
+                    del registry.pools[key]
+            del registry.databases[name]
+
+    def suspend_progress(self, now: float, cfg) -> None:
+        """SUSPEND waits for client buffers to flush; after suspend_timeout the stragglers are dropped."""
+        start = getattr(registry, "suspend_start", 0)
+        if not registry.suspended or not start or not cfg.suspend_timeout or now - start <= cfg.suspend_timeout:
+            return
+        for pool in list(registry.pools.values()):
+            for c in pool.all_clients():
+                t = c.transport
+                if t is not None and t.get_write_buffer_size():
+                    c.close("suspend_timeout", send_error=True)
+            for s in pool.all_servers():
+                t = s.transport
+                if t is not None and t.get_write_buffer_size():
+                    s.close("suspend_timeout")
 
     def stats_period(self, period: float) -> None:
         cfg = registry.cfg

@@ -2,6 +2,7 @@
 
 import time
 
+from pgbouncer_py import varcache
 from pgbouncer_py.log import log
 from pgbouncer_py.objects import (
     CL_ACTIVE,
@@ -10,17 +11,12 @@ from pgbouncer_py.objects import (
     SV_ACTIVE,
     SV_IDLE,
     SV_TESTED,
+    SV_USED,
     registry,
     set_client_state,
     set_server_state,
 )
-
-TRACKED_PARAMS = ("client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings", "application_name")
-
-
-def tracked_params(cfg) -> tuple[str, ...]:
-    extra = tuple(p for p in cfg.list_setting("track_extra_parameters") if p not in TRACKED_PARAMS)
-    return TRACKED_PARAMS + extra
+from pgbouncer_py.varcache import TRACKED_PARAMS, tracked_params  # noqa: F401  (stable names for callers)
 
 
 def server_password(pool) -> str | None:
@@ -53,9 +49,13 @@ def server_address(pool) -> tuple[str, int, str | None]:
 
 
 def can_launch(pool, cfg, now: float) -> bool:
-    """Whether the limits allow one more server connection for this pool (logs reserve use)."""
+    """Whether the limits allow one more server connection for this pool (logs reserve use).
+
+    When max_db_connections / max_user_connections is what stops us, an idle server of another pool of the
+    same database / user is closed ("evicted") to make room, as PgBouncer does."""
     total = pool.server_count()
     size = pool.pool_size(cfg)
+    reserve_taker = None
     if total >= size:
         reserve = pool.reserve_pool_size(cfg)
         if reserve <= 0 or total >= size + reserve:
@@ -64,18 +64,36 @@ def can_launch(pool, cfg, now: float) -> bool:
         oldest = next(iter(pool.waiting_clients), None)
         if oldest is None or now - oldest.wait_start < cfg.reserve_pool_timeout:
             return False
-        log.info(f"{oldest.prefix()}taking connection from reserve_pool")
+        reserve_taker = oldest
     db = pool.db
     max_db = db.setting("max_db_connections", cfg.max_db_connections)
     if max_db:
-        n = sum(p.server_count() for p in registry.pools.values() if p.db is db)
-        if n >= max_db:
+        pools = [p for p in registry.pools.values() if p.db is db]
+        if sum(p.server_count() for p in pools) >= max_db and not _evict(pools, pool):
             return False
     max_user = pool.user.setting("max_user_connections", cfg.max_user_connections)
     if max_user:
-        n = sum(p.server_count() for p in registry.pools.values() if p.user is pool.user)
-        if n >= max_user:
+        pools = [p for p in registry.pools.values() if p.user is pool.user]
+        if sum(p.server_count() for p in pools) >= max_user and not _evict(pools, pool):
             return False
+    if reserve_taker is not None:
+        log.info(f"{reserve_taker.prefix()}taking connection from reserve_pool")
+    return True
+
+
+def _evict(pools, wanting) -> bool:
+    """Close the longest-idle server of another pool among `pools` so `wanting` can connect."""
+    victim = None
+    for p in pools:
+        if p is wanting:
+            continue
+        for s in p.idle_servers:
+            if victim is None or s.idle_since < victim.idle_since:
+                victim = s
+            break
+    if victim is None:
+        return False
+    victim.close("evicted")
     return True
 
 
@@ -110,15 +128,40 @@ def activate_client(client) -> None:
         return
     server = _take_idle(pool)
     if server is not None:
+        if _needs_check(server):
+            # the server sat idle longer than server_check_delay: check it, the client waits its turn
+            _queue(client)
+            start_check(server)
+            return
         link(client, server)
         return
     _queue(client)
     launch_new_connection(pool)
 
 
+def _needs_check(server) -> bool:
+    cfg = registry.cfg
+    delay = cfg.server_check_delay
+    return delay is not None and delay >= 0 and time.monotonic() - server.idle_since >= delay
+
+
+def start_check(server) -> None:
+    """Run server_check_query (an empty query when unset) on an idle server before it is used again."""
+    set_server_state(server, SV_USED)
+    server.run_internal(registry.cfg.server_check_query or "", _check_done)
+
+
+def _check_done(server, error) -> None:
+    if error is not None:
+        server.close(f"server check query failed: {error}")
+        return
+    server_available(server)
+
+
 def _queue(client) -> None:
     if client.state != CL_WAITING:
         client.wait_start = time.monotonic()
+        client.wait_notified = False
         set_client_state(client, CL_WAITING)
 
 
@@ -143,22 +186,13 @@ def link(client, server) -> None:
     server.link = client
     server.request_time = time.time()
     client.pool.last_active = now
-    sets = []
-    for name in tracked_params(registry.cfg):
-        want = client.vars.get(name)
-        if want is not None and server.params.get(name) != want:
-            sets.append(f"SET {name}={_quote(want)};")
-    if sets:
-        sql = "".join(sets)
+    sql = varcache.set_statements(tracked_params(registry.cfg), client.vars, server.params)
+    if sql:
         log.debug(f"{server.prefix()}varcache_apply: {sql}")
         server.setting_vars = True
         server.run_internal(sql, _vars_applied)
     else:
         client.link_ready()
-
-
-def _quote(v: str) -> str:
-    return "'" + v.replace("'", "''") + "'"
 
 
 def _vars_applied(server, error) -> None:
@@ -169,9 +203,8 @@ def _vars_applied(server, error) -> None:
         return
     if error is not None:
         log.warning(f"{server.prefix()}varcache_apply failed: {error}")
-    for name in tracked_params(registry.cfg):
-        if name in server.params and name in client.vars and error is None:
-            client.vars[name] = server.params[name]
+    else:
+        varcache.adopt_canonical(tracked_params(registry.cfg), client.vars, server.params)
     client.link_ready()
 
 
@@ -181,9 +214,13 @@ def release_server(server) -> None:
     if client is not None:
         client.link = None
         server.link = None
+        client.idle_since = server.last_rfq
         if client.pending:
             # the client already sent more: it needs a server again
             activate_client(client)
+        if registry.cfg.server_reset_query_always and registry.cfg.server_reset_query:
+            reset_server(server, client.pool_mode)
+            return
     server_available(server)
 
 

@@ -68,6 +68,7 @@ class Server(asyncio.Protocol):
         self.connect_task = None
         self.prepared = {}              # server-side prepared statements (issue 7)
         self.setting_vars = False
+        self.last_rfq = 0.0             # monotonic time of the last ReadyForQuery (idle_transaction_timeout)
 
     @property
     def closed(self) -> bool:
@@ -186,6 +187,15 @@ class Server(asyncio.Protocol):
                 if end > n:
                     break
                 release = self._ready_for_query(data[pos + 5], stats)
+                if release == 2:
+                    # statement mode and a transaction was opened: the client gets what came before
+                    # this ReadyForQuery, then the pool's error; the server is closed
+                    if pos:
+                        client.transport.write(data[:pos])
+                    self.tail = b""
+                    self.skip = 0
+                    pooling.statement_mode_violation(self)
+                    return
             elif t == 83:                    # 'S' ParameterStatus
                 if end > n:
                     break
@@ -204,8 +214,9 @@ class Server(asyncio.Protocol):
         if release:
             pooling.release_server(self)
 
-    def _ready_for_query(self, status: int, stats) -> bool:
-        """Account a ReadyForQuery; True when the server can go back to the pool now."""
+    def _ready_for_query(self, status: int, stats) -> int:
+        """Account a ReadyForQuery: 1 when the server can go back to the pool now, 2 on a statement-mode
+        violation (a transaction was opened), else 0."""
         now = time.monotonic()
         if self.expect_rfq > 0:
             self.expect_rfq -= 1
@@ -214,18 +225,20 @@ class Server(asyncio.Protocol):
             stats.query_time += int((now - self.query_start) * 1e6)
             self.query_start = 0.0
         self.ready = status == 73            # 'I'
+        self.last_rfq = now
         if self.ready:
             if self.xact_start:
                 stats.xact_count += 1
                 stats.xact_time += int((now - self.xact_start) * 1e6)
                 self.xact_start = 0.0
             if self.expect_rfq == 0 and self.link is not None and self.link.pool_mode != "session":
-                return True
-        elif not self.xact_start:
+                return 1
+            return 0
+        if not self.xact_start:
             self.xact_start = now
-        if self.link is not None and self.link.pool_mode == "statement" and not self.ready and self.expect_rfq == 0:
-            pooling.statement_mode_violation(self)
-        return False
+        if self.expect_rfq == 0 and self.link is not None and self.link.pool_mode == "statement":
+            return 2
+        return 0
 
     def _slow_path(self, data: bytes) -> None:
         if self.phase == PH_SSL:

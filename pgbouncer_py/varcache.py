@@ -1,0 +1,48 @@
+"""Tracked session parameters ("varcache"): which ones follow a client from server to server, and the SET
+that makes a freshly linked server agree with the client. Pure functions: no I/O, no clock."""
+
+# always tracked, in the order the SETs are sent; track_extra_parameters adds more (IntervalStyle by default)
+TRACKED_PARAMS = ("client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings", "application_name")
+
+_cache: tuple = (None, None, TRACKED_PARAMS)
+
+
+def tracked_params(cfg) -> tuple[str, ...]:
+    """The tracked parameter names for this configuration (computed once per config object)."""
+    global _cache
+    if _cache[0] is cfg and _cache[1] is not None:
+        return _cache[2]
+    extra = tuple(p for p in cfg.list_setting("track_extra_parameters") if p not in TRACKED_PARAMS)
+    names = TRACKED_PARAMS + extra
+    _cache = (cfg, True, names)
+    return names
+
+
+def quote_literal(value: str) -> str:
+    """A SQL string literal (standard_conforming_strings style)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def quote_ident(name: str) -> str:
+    """Parameter names are identifiers; only quote the unusual ones."""
+    if name.replace("_", "a").replace(".", "a").isalnum():
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def set_statements(names, client_vars: dict[str, str], server_params: dict[str, str]) -> str:
+    """The SETs (one string, "" when none is needed) making the server's parameters match the client's."""
+    out = []
+    for name in names:
+        want = client_vars.get(name)
+        if want is not None and server_params.get(name) != want:
+            out.append(f"SET {quote_ident(name)}={quote_literal(want)};")
+    return "".join(out)
+
+
+def adopt_canonical(names, client_vars: dict[str, str], server_params: dict[str, str]) -> None:
+    """After the SETs succeeded, remember the values as the server spelled them (e.g. 'German, DMY' for
+    'german'), so the next server whose ParameterStatus says the same needs no SET."""
+    for name in names:
+        if name in client_vars and name in server_params:
+            client_vars[name] = server_params[name]
