@@ -154,6 +154,13 @@ def stop_leftover_pooler() -> None:
     PIDFILE.unlink(missing_ok=True)
 
 
+def rc_links() -> list[str]:
+    """The init script's rc?.d links and the systemd enablement link, relative to /."""
+    links = [str(p)[1:] for p in Path("/etc").glob("rc?.d/[SK]??pgbouncer")]
+    wants = "etc/systemd/system/multi-user.target.wants/pgbouncer.service"
+    return sorted(links + ([wants] if os.path.lexists("/" + wants) else []))
+
+
 def assert_purged() -> None:
     assert pkg_status("pgbouncer-py") in ("", "un", "pn")
     left = [p for p in PACKAGE_PATHS if os.path.lexists(p)]
@@ -224,7 +231,7 @@ def machine(workdir: Path):
     c_deb = next(cdir.glob("pgbouncer_*.deb"))
     c_deb.chmod(0o644)
     cdir.chmod(0o755)
-    snapshot = [p for p in SNAPSHOT_PATHS if os.path.lexists("/" + p)]
+    snapshot = [p for p in SNAPSHOT_PATHS if os.path.lexists("/" + p)] + rc_links()
     backup = workdir / "etc-backup.tar"
     if snapshot:
         sh(["tar", "-cpf", str(backup), "-C", "/", *snapshot])
@@ -240,6 +247,8 @@ def machine(workdir: Path):
     if before == "ii":
         sh([*APT, "install", "-y", str(c_deb)], timeout=600)
         if snapshot:
+            for link in rc_links():  # enabled/disabled as before, whatever update-rc.d chose now
+                os.unlink("/" + link)
             sh(["tar", "-xpf", str(backup), "-C", "/"])
     if not log_existed:
         LOGFILE.unlink(missing_ok=True)
