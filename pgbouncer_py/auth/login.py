@@ -170,11 +170,14 @@ class Authenticator:
             self._ask_cleartext("pam")
             return
         user = registry.users.get(name)
-        if (user is None or user.secret is None) and not client.admin:
+        # users from auth_query (dynamic) are looked up again on every login, so password changes apply
+        if (user is None or user.secret is None or user.dynamic) and not client.admin:
             if auth_query.settings_for(client.db, cfg)[0]:
                 self.lookup = auth_query.Lookup(self, client, name)
                 self.lookup.start()
                 return
+            if user is not None and user.dynamic:
+                user = None       # found by another database's auth_query: unknown here
         self._with_user(user)
 
     # --- auth_query answers (auth_query.Lookup calls these) ---
