@@ -68,9 +68,11 @@ class Janitor:
         db = pool.db
         if db.admin:
             return
-        if pool.server_count() or pool.client_count():
+        if pool.client_count():
             pool.last_active = now
             db.inactive_since = now
+        elif pool.server_count():
+            pool.last_active = now
         self.waiting_clients(pool, now, cfg)
         self.active_clients(pool, now, cfg)
         self.login_servers(pool, now, cfg)
@@ -138,11 +140,12 @@ class Janitor:
     def active_servers(self, pool, now: float, cfg) -> None:
         if not cfg.server_fast_close:
             return
-        dirty = pool.db.dirty
         for s in list(pool.active_servers):
             # session pooling: a server that must be replaced goes as soon as its transaction is over
-            if (s.close_needed or dirty) and s.ready and s.expect_rfq == 0 and s.internal_done is None:
-                s.close("database configuration changed" if dirty else "server_fast_close")
+            if s.ready and s.expect_rfq == 0 and s.internal_done is None:
+                reason = pooling.stale_reason(s)
+                if reason:
+                    s.close(reason)
 
     def idle_servers(self, pool, now: float, cfg) -> None:
         db = pool.db
@@ -150,8 +153,9 @@ class Janitor:
         lifetime = db.setting("server_lifetime", cfg.server_lifetime)
         too_many = pool.server_count() - (pool.pool_size(cfg) + pool.reserve_pool_size(cfg))
         for s in list(pool.idle_servers):
-            if s.close_needed or db.dirty:
-                s.close("database configuration changed" if db.dirty else "close_needed")
+            reason = pooling.stale_reason(s)
+            if reason:
+                s.close(reason)
             elif too_many > 0:
                 too_many -= 1
                 s.close("too many servers in the pool")
@@ -187,11 +191,13 @@ class Janitor:
         for name, db in list(registry.databases.items()):
             if not db.auto or now - db.inactive_since <= t:
                 continue
-            if any(p.db is db and (p.server_count() or p.client_count()) for p in registry.pools.values()):
+            if any(p.db is db and p.client_count() for p in registry.pools.values()):
                 continue
             log.info(f"dropping database '{name}' as it does not exist anymore or inactive auto-database")
             for key, p in list(registry.pools.items()):
                 if p.db is db:
+                    for s in p.all_servers():
+                        s.close("database removed")
                     del registry.pools[key]
             del registry.databases[name]
 

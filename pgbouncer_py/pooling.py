@@ -114,6 +114,7 @@ def launch_new_connection(pool, *, force: bool = False) -> bool:
         return False
     host, port, path = server_address(pool)
     server = Server(pool, host or "", port, path)
+    server.db_conf = pool.db.conf     # a RELOAD that changes the database makes this server stale
     pool.last_connect_time = now
     set_server_state(server, "login")
     server.start_connect()
@@ -234,8 +235,9 @@ def server_available(server) -> None:
     if not server.ready:
         server.close("server not ready at release")
         return
-    if server.close_needed or pool.db.dirty:
-        server.close("database configuration changed" if pool.db.dirty else "close_needed")
+    reason = stale_reason(server)
+    if reason:
+        server.close(reason)
         return
     lifetime = pool.db.setting("server_lifetime", cfg.server_lifetime)
     if lifetime and now - server.created > lifetime and _lifetime_close_allowed(pool, now, lifetime):
@@ -254,6 +256,16 @@ def server_available(server) -> None:
             link(client, server)
             return
     set_server_state(server, SV_IDLE)
+
+
+def stale_reason(server) -> str | None:
+    """Why a server must not be reused (RECONNECT, TLS change, database changed on RELOAD), or None."""
+    db = server.pool.db
+    if db.dirty and getattr(server, "db_conf", db.conf) is not db.conf:
+        return "database configuration changed"
+    if server.close_needed:
+        return "database configuration changed" if db.dirty else "close_needed"
+    return None
 
 
 def _lifetime_close_allowed(pool, now: float, lifetime: float) -> bool:
