@@ -110,6 +110,17 @@ def proc_rss(pid: int) -> int:
         return int(f.read().split()[1]) * PAGE
 
 
+def proc_rss_parts(pid: int) -> dict:
+    """RssAnon/RssFile/RssShmem from /proc/PID/status, in bytes."""
+    parts = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+                key, value = line.split(":")
+                parts[key.lower().replace("rss", "rss_") + "_bytes"] = int(value.split()[0]) * 1024
+    return parts
+
+
 def raise_nofile(wanted: int = NOFILE_WANTED) -> int:
     """Lift the soft fd limit to the hard one (as root, first try to lift the hard one to `wanted`)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -250,6 +261,27 @@ def pooler_command(kind: str, ini: Path, args) -> list[str]:
     return [args.py_python, "-m", "pgbouncer_py", str(ini)]
 
 
+def snapshot_pgbouncer(binary: str, base: Path) -> tuple[str, str]:
+    """Copy the PgBouncer binary into the run directory, so that a package swapped mid-run changes nothing.
+
+    Refuses anything that is not a native executable (e.g. pgbouncer-py's `pgbouncer` launcher installed
+    over Debian's). Returns (path of the copy, version line)."""
+    path = shutil.which(binary) or binary
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise SystemExit(f"cannot read PgBouncer binary {path}: {exc}") from exc
+    if magic != b"\x7fELF":
+        raise SystemExit(f"{path} is not a native executable (pgbouncer-py's launcher installed over PgBouncer?); "
+                         "pass --pgbouncer with the real binary")
+    copy = base / "bin" / "pgbouncer"
+    copy.parent.mkdir()
+    shutil.copy2(path, copy)
+    version = subprocess.run([str(copy), "-V"], capture_output=True, text=True, timeout=10).stdout
+    return str(copy), (version.splitlines() or ["?"])[0]
+
+
 def pgbouncer_supports_peers(binary: str) -> bool:
     try:
         out = subprocess.run([binary, "-V"], capture_output=True, text=True, timeout=10).stdout
@@ -278,7 +310,7 @@ class PoolerGroup:
         userlist.write_text(f'"{DB_USER}" "{DB_PASSWORD}"\n')
         use_peers = self.procs > 1 and (self.kind == "py" or self.args.pgbouncer_peers)
         peers = {i + 1: str(self.dir / f"p{i + 1}") for i in range(self.procs)} if use_peers else None
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONDONTWRITEBYTECODE="1")
+        env = dict(os.environ, PYTHONPATH=str(self.args.py_src), PYTHONDONTWRITEBYTECODE="1")
         for i in range(self.procs):
             rundir = self.dir / f"p{i + 1}"
             rundir.mkdir(exist_ok=True)
@@ -335,6 +367,13 @@ class PoolerGroup:
 
     def rss(self) -> int:
         return sum(proc_rss(pid) for pid in self.pids)
+
+    def rss_parts(self) -> dict:
+        total: dict = {}
+        for pid in self.pids:
+            for k, v in proc_rss_parts(pid).items():
+                total[k] = total.get(k, 0) + v
+        return total
 
     def stop(self) -> None:
         for p in self.popen:
@@ -470,7 +509,8 @@ def run_idle(kind: str, run: int, cluster: Cluster, base: Path, args, emit) -> N
     clients = IdleClients(group.port, args)
     try:
         base_rss = settle_rss(group)
-        emit({"kind": "idle", "pooler": kind, "run": run, "clients": 0, "ok": True, "rss_bytes": base_rss})
+        emit({"kind": "idle", "pooler": kind, "run": run, "clients": 0, "ok": True, "rss_bytes": base_rss,
+              **group.rss_parts()})
         for n in args.idle_clients:
             ok, line = clients.open(n)
             rec = {"kind": "idle", "pooler": kind, "run": run, "clients": n, "ok": ok}
@@ -478,7 +518,8 @@ def run_idle(kind: str, run: int, cluster: Cluster, base: Path, args, emit) -> N
                 emit({**rec, "error": line})
                 break
             rss = settle_rss(group)
-            rec.update(rss_bytes=rss, bytes_per_client=round((rss - base_rss) / n), login_s=float(line.split()[2]))
+            rec.update(rss_bytes=rss, bytes_per_client=round((rss - base_rss) / n), login_s=float(line.split()[2]),
+                       **group.rss_parts())
             emit(rec)
     finally:
         clients.close()
@@ -703,7 +744,7 @@ def parse_args(argv):
     p.add_argument("--json-fd", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.smoke:
-        args.runs, args.transactions, args.scale = 1, args.transactions or 400, 1
+        args.runs, args.transactions, args.scale = 1, args.transactions or 200, 1
         if args.idle_clients == "1000,5000,10000":
             args.idle_clients = "100,300"
         if args.active_clients == "1000,5000":
@@ -721,6 +762,15 @@ def parse_args(argv):
         args.py_python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
     args.client_python = args.py_python
     return args
+
+
+def git_describe() -> str | None:
+    try:
+        out = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() or None
+    except OSError:
+        return None
 
 
 def ensure_user(name: str) -> pwd.struct_passwd:
@@ -743,8 +793,17 @@ def readable_by_others(path: Path) -> bool:
 def reexec_unprivileged(args, argv) -> int:
     """As root: create/use an unprivileged user, lift the fd limit, and run this script again as that user."""
     user = ensure_user(args.user)
+    script, copy = Path(__file__).resolve(), None
     if not readable_by_others(REPO_ROOT):
-        raise SystemExit(f"{REPO_ROOT} is not reachable by user {args.user}: run from a world-readable checkout")
+        # e.g. a checkout under /root: run a world-readable copy of bench/ and pgbouncer_py/ instead
+        copy = Path(tempfile.mkdtemp(prefix="pgbouncer-bench-src-"))
+        os.chmod(copy, 0o755)
+        ignore = shutil.ignore_patterns("results", "__pycache__")
+        shutil.copytree(BENCH_DIR, copy / "bench", ignore=ignore)
+        if (REPO_ROOT / "pgbouncer_py").is_dir():
+            shutil.copytree(REPO_ROOT / "pgbouncer_py", copy / "pgbouncer_py", ignore=ignore)
+        script = copy / "bench" / Path(__file__).name
+        log(f"{REPO_ROOT} is not readable by {args.user}; running a copy in {copy}")
     out_fd = None
     if args.json != "-":
         path = Path(args.json or BENCH_DIR / "results" / time.strftime("bench-%Y%m%d-%H%M%S.jsonl"))
@@ -761,7 +820,7 @@ def reexec_unprivileged(args, argv) -> int:
             skip = True
             continue
         child_argv.append(a)
-    cmd = [args.client_python, str(Path(__file__).resolve()), *child_argv, "--json-fd", str(out_fd if out_fd else -1)]
+    cmd = [args.client_python, str(script), *child_argv, "--json-fd", str(out_fd if out_fd else -1)]
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TERM", "TZ")}
     env.update(HOME="/tmp", USER=user.pw_name, LOGNAME=user.pw_name)
 
@@ -770,12 +829,14 @@ def reexec_unprivileged(args, argv) -> int:
         os.setgid(user.pw_gid)
         os.setuid(user.pw_uid)
 
+    proc = subprocess.Popen(cmd, env=env, cwd="/tmp", preexec_fn=demote, pass_fds=[out_fd] if out_fd else [])
     try:
-        proc = subprocess.Popen(cmd, env=env, cwd="/tmp", preexec_fn=demote, pass_fds=[out_fd] if out_fd else [])
         return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
+    except KeyboardInterrupt:  # the child got the terminal's SIGINT too and is summarising
         return proc.wait()
+    finally:
+        if copy:
+            shutil.rmtree(copy, ignore_errors=True)
 
 
 def main(argv=None) -> int:
@@ -802,14 +863,28 @@ def main(argv=None) -> int:
     tests = build_tests(args)
     tests = [Test(**{**t.__dict__, "modes": tuple(m for m in t.modes if m in args.modes)}) for t in tests]
     tests = [t for t in tests if t.modes or (t.direct and "direct" in args.poolers)]
+    pgbouncer_version = None
+    if "pgbouncer" in args.poolers:
+        try:
+            args.pgbouncer, pgbouncer_version = snapshot_pgbouncer(args.pgbouncer, base)
+        except SystemExit:
+            shutil.rmtree(base, ignore_errors=True)
+            raise
+        log(f"{pgbouncer_version} (copied to {args.pgbouncer})")
     args.pgbouncer_peers = args.pgbouncer_peers and pgbouncer_supports_peers(args.pgbouncer)
+    # pgbouncer-py runs from a snapshot of the package too: edits to the tree during a long run change nothing
+    args.py_src = base / "src"
+    if "py" in args.poolers:
+        shutil.copytree(REPO_ROOT / "pgbouncer_py", args.py_src / "pgbouncer_py",
+                        ignore=shutil.ignore_patterns("__pycache__"))
     max_conn = 150 + 2 * (args.session_pool_size + args.pool_size) + 2 * args.reuseport * args.pool_size + 40
     cluster = Cluster(find_pg_bindir(args.pg_bindir), base, args.scale, max_conn)
     started = time.monotonic()
     res.emit({"kind": "meta", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "poolers": args.poolers,
               "runs": args.runs, "duration": args.duration, "transactions": args.transactions, "scale": args.scale,
               "jobs": args.jobs, "cpus": os.cpu_count(), "auth_type": args.auth_type, "pool_size": args.pool_size,
-              "py_python": args.py_python, "pgbouncer": args.pgbouncer, "smoke": args.smoke})
+              "py_python": args.py_python, "pgbouncer_version": pgbouncer_version, "smoke": args.smoke,
+              "git": git_describe()})
     try:
         cluster.start()
         if tests:
