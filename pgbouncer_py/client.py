@@ -8,6 +8,7 @@ import time
 from pgbouncer_py import pooling
 from pgbouncer_py.auth import login
 from pgbouncer_py.log import log
+from pgbouncer_py.net import tls
 from pgbouncer_py.netutil import addr_of, format_addr, local_addr_of, peer_cred, tune_tcp
 from pgbouncer_py.objects import (
     CL_ACTIVE,
@@ -67,6 +68,8 @@ class Client(asyncio.Protocol):
         self.wait_start = 0.0
         self.cancel_key = b""
         self.tls = ""
+        self.peer_cert = None     # verified client certificate (SSLObject.getpeercert() dict), for auth cert
+        self._tls_pending = False  # SSLRequest answered 'S' (or direct TLS seen): handshake not finished
         self.auth = None          # auth.login.Authenticator while authenticating
         self.admin = False        # connected to the admin console
         self.admin_level = 0      # 1 = stats_users, 2 = admin_users
@@ -116,7 +119,14 @@ class Client(asyncio.Protocol):
                 self._queue_data(data)
             return
         try:
-            if self.phase == PH_STARTUP:
+            if self._tls_pending:
+                # decrypted bytes that arrive before _start_tls has looked at the new transport
+                self.startup_buf += data
+            elif self.phase == PH_STARTUP:
+                if data[0] == 0x16 and not self.startup_buf and not self.tls and not self.is_unix and \
+                        tls.client_tls_enabled():
+                    self._direct_tls(data)
+                    return
                 self._startup_data(data)
             elif self.phase == PH_AUTH:
                 self._auth_data(data)
@@ -256,26 +266,26 @@ class Client(asyncio.Protocol):
             pkt = bytes(buf[:length])
             del buf[:length]
             self._startup_packet(pkt)
-        if buf and self.phase != PH_CLOSED:
-            if getattr(self, "_tls_pending", False):
-                # plaintext sent after SSLRequest before the handshake: never let it through
-                raise ProtocolError("unexpected data after SSL request")
+        if buf and self.phase != PH_CLOSED and not self._tls_pending:
             rest = bytes(buf)
             buf.clear()
             self.data_received(rest)
 
     def _startup_packet(self, pkt: bytes) -> None:
         code, payload = parse_startup_packet(pkt)
-        cfg = registry.cfg
         if code == C.SSL_REQUEST_CODE:
-            from pgbouncer_py.net import tls
             if self.tls:
                 raise ProtocolError("client re-sent startup pkt")
-            if tls.client_tls_enabled(cfg):
-                self.transport.write(b"S")
-                registry.loop.create_task(self._start_tls())
-                self.phase = PH_AUTH  # nothing is read until the handshake is over
+            if tls.client_tls_enabled() and not self.is_unix:
+                if self.startup_buf:
+                    # bytes sent after SSLRequest before the handshake would be read as if they came
+                    # through TLS (CVE-2021-3935): refuse them
+                    self.close("unexpected data after SSL request", send_error=True)
+                    return
                 self._tls_pending = True
+                self.transport.pause_reading()   # the ClientHello must reach the TLS layer, not us
+                self.transport.write(b"S")
+                registry.loop.create_task(self._start_tls(direct=False))
             else:
                 self.transport.write(b"N")
             return
@@ -285,26 +295,76 @@ class Client(asyncio.Protocol):
         if code == C.CANCEL_REQUEST_CODE:
             self._cancel_request(pkt[8:16])
             return
+        if not self.tls and not self.is_unix and tls.client_tls_required():
+            self.close("SSL required", send_error=True)
+            return
         self._startup_params(payload, code)
 
-    async def _start_tls(self) -> None:
-        from pgbouncer_py.net import tls
-        try:
-            ctx = tls.client_context(registry.cfg)
-            new_transport = await registry.loop.start_tls(self.transport, self, ctx, server_side=True)
-        except Exception as e:
-            log.info(f"{self.prefix()}TLS handshake failed: {e}")
-            self.close("TLS handshake failed")
+    # --- TLS towards the client ---
+    def _direct_tls(self, hello: bytes) -> None:
+        """Direct TLS (sslnegotiation=direct): the first bytes are a TLS handshake record. Hand them to the
+        TLS layer that start_tls puts on this transport, once that layer has been connected."""
+        self._tls_pending = True
+        self.transport.pause_reading()
+        loop = registry.loop
+        loop.create_task(self._start_tls(direct=True))
+        # start_tls swaps the protocol in its first step and then schedules the TLS layer's connection_made:
+        # two turns later the layer is ready, and reading has not resumed before that
+        loop.call_soon(loop.call_soon, self._feed_tls, hello)
+
+    def _feed_tls(self, data: bytes) -> None:
+        t = self.transport
+        if self.phase == PH_CLOSED or t is None:
             return
-        if new_transport is None or self.phase == PH_CLOSED:
+        proto = t.get_protocol()
+        if proto is self:
+            self.close("direct TLS: the TLS layer did not start")
+            return
+        if not hasattr(proto, "get_buffer"):
+            proto.data_received(data)
+            return
+        view = memoryview(data)
+        while view:
+            buf = proto.get_buffer(len(view))
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            proto.buffer_updated(n)
+            view = view[n:]
+
+    async def _start_tls(self, direct: bool) -> None:
+        ctx = tls.state.client_ctx
+        if ctx is None:
+            self.close("TLS is not enabled", send_error=not direct)
+            return
+        kw = {}
+        if registry.cfg.client_login_timeout:
+            kw["ssl_handshake_timeout"] = registry.cfg.client_login_timeout
+        try:
+            new_transport = await registry.loop.start_tls(self.transport, self, ctx, server_side=True, **kw)
+        except (OSError, ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
+            if self.phase != PH_CLOSED:
+                self.transport = None     # the TLS layer has closed it; nothing more may be written there
+                self.close(f"TLS handshake failed: {_short_tls_error(e)}")
+            return
+        if self.phase == PH_CLOSED:
+            if new_transport is not None:
+                new_transport.abort()
+            return
+        if new_transport is None:
+            self.close("TLS handshake failed")
             return
         self.transport = new_transport
         sslobj = new_transport.get_extra_info("ssl_object")
-        if sslobj is not None:
-            self.tls = f"{sslobj.version()}/{sslobj.cipher()[0]}"
-            self.peer_cert = sslobj.getpeercert()
-        self.phase = PH_STARTUP
+        if direct and (sslobj is None or sslobj.selected_alpn_protocol() != tls.ALPN):
+            # like PostgreSQL, direct TLS needs ALPN "postgresql" (a stray HTTPS client must not get in)
+            self.close("direct TLS connection without ALPN postgresql")
+            return
+        self.tls = tls.connection_info(sslobj)
+        self.peer_cert = tls.peer_cert(sslobj)
         self._tls_pending = False
+        self.phase = PH_STARTUP
+        if self.startup_buf:            # what came through TLS while we were finishing up
+            self._startup_data(b"")
 
     def _startup_params(self, params: dict[str, str], version: int) -> None:
         cfg = registry.cfg
@@ -406,9 +466,6 @@ class Client(asyncio.Protocol):
 
     # --- authentication ---
     def _auth_data(self, data: bytes) -> None:
-        if getattr(self, "_tls_pending", False):
-            self.startup_buf += data
-            return
         if self.auth is None:
             raise ProtocolError("unexpected data during login")
         self.reader.feed(data)
@@ -565,6 +622,14 @@ class Client(asyncio.Protocol):
             self.console.closed()
         registry.total_clients -= 1
         set_client_state(self, CL_FREE)
+
+
+def _short_tls_error(e: BaseException) -> str:
+    """'certificate verify failed' rather than the whole OpenSSL tuple."""
+    reason = getattr(e, "reason", None)
+    if reason:
+        return str(reason).lower().replace("_", " ")
+    return str(e) or type(e).__name__
 
 
 def _peer_for_key(key: bytes):
