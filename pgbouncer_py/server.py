@@ -10,6 +10,7 @@ from pgbouncer_py import pooling
 from pgbouncer_py.auth import md5 as md5auth
 from pgbouncer_py.auth import scram
 from pgbouncer_py.log import log
+from pgbouncer_py.net import tls
 from pgbouncer_py.netutil import format_addr, local_addr_of, tune_tcp
 from pgbouncer_py.objects import SV_FREE, SV_LOGIN, registry, set_server_state
 from pgbouncer_py.proto import build
@@ -61,6 +62,10 @@ class Server(asyncio.Protocol):
         self.internal_error = None
         self.internal_rows = None       # DataRow bodies of an internal query (auth_query)
         self.tls = ""
+        self.tls_generation = tls.state.generation   # which server-side TLS configuration made this connection
+        self._tls_try = None            # None: as server_tls_sslmode says; True/False: retry with/without TLS
+        self._reconnecting = False
+        self._handshaking = False       # start_tls running: its outcome, not connection_lost, decides
         self.local_addr = ("", 0)
         self.scram_client = None
         self.paused_peer = False
@@ -106,6 +111,7 @@ class Server(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self._reconnecting = False
         cfg = registry.cfg
         tune_tcp(transport, cfg)
         self.local_addr = local_addr_of(transport)
@@ -116,8 +122,12 @@ class Server(asyncio.Protocol):
             la = self.local_addr
             src = format_addr(la[0], la[1], False) if self.unix_path is None else "unix socket"
             log.info(f"{self.prefix()}new connection to server (from {src})")
-        mode = cfg.server_tls_sslmode
-        if mode != "disable" and self.unix_path is None:
+        self.tls_generation = tls.state.generation
+        use_tls = self._tls_try
+        if use_tls is None:
+            # libpq: allow starts without TLS, prefer and stricter modes ask for it; never over unix sockets
+            use_tls = tls.state.server_ctx is not None and tls.state.server_mode != "allow"
+        if use_tls and self.unix_path is None and tls.state.server_ctx is not None:
             self.phase = PH_SSL
             transport.write(build.ssl_request())
         else:
@@ -137,21 +147,55 @@ class Server(asyncio.Protocol):
         self.transport.write(build.startup_message(params))
 
     async def _start_tls(self) -> None:
-        from pgbouncer_py.net import tls
+        ctx = tls.state.server_ctx
+        kw = {}
+        if registry.cfg.server_connect_timeout:
+            kw["ssl_handshake_timeout"] = registry.cfg.server_connect_timeout
+        self._handshaking = True
         try:
-            ctx, hostname = tls.server_context(registry.cfg, self.host)
-            new_transport = await registry.loop.start_tls(self.transport, self, ctx, server_hostname=hostname)
-        except (ssl.SSLError, OSError, ConnectionError, ValueError) as e:
-            self.close(f"TLS handshake failed: {e}", failed_login=True, login_error=f"TLS handshake failed: {e}")
+            new_transport = await registry.loop.start_tls(self.transport, self, ctx, server_hostname=self.host, **kw)
+        except (ssl.SSLError, OSError, ConnectionError, ValueError, TimeoutError, RuntimeError) as e:
+            self._handshaking = False
+            if self.phase == PH_CLOSED:
+                return
+            reason = getattr(e, "reason", None) or str(e) or type(e).__name__
+            if isinstance(reason, str) and reason.isupper():
+                reason = reason.lower().replace("_", " ")
+            if tls.state.server_mode == "prefer" and self._tls_try is None:
+                # libpq's prefer: a failed TLS attempt is followed by one without TLS
+                log.debug(f"{self.prefix()}TLS handshake failed ({reason}), retrying without TLS")
+                self._reconnect(False)
+                return
+            self.transport = None
+            self.close(f"TLS handshake failed: {reason}", failed_login=True,
+                       login_error=f"server TLS handshake failed: {reason}")
+            return
+        self._handshaking = False
+        if self.phase == PH_CLOSED:
+            if new_transport is not None:
+                new_transport.abort()
             return
         if new_transport is None:
             self.close("TLS handshake failed", failed_login=True, login_error="TLS handshake failed")
             return
         self.transport = new_transport
-        sslobj = new_transport.get_extra_info("ssl_object")
-        if sslobj is not None:
-            self.tls = f"{sslobj.version()}/{sslobj.cipher()[0]}"
+        self.tls = tls.connection_info(new_transport.get_extra_info("ssl_object"))
         self._send_startup()
+
+    def _reconnect(self, use_tls: bool) -> None:
+        """libpq's second attempt (allow: now with TLS; prefer: now without): a fresh TCP connection."""
+        old, self.transport = self.transport, None
+        self._tls_try = use_tls
+        self._reconnecting = True
+        if old is not None:
+            old.abort()
+        self.reader = MessageReader()
+        self.params.clear()
+        self.scram_client = None
+        self.backend_pid, self.backend_key = 0, b""
+        self.tls = ""
+        self.phase = PH_CONNECT
+        self.start_connect()
 
     # --- incoming data ---
     def data_received(self, data: bytes) -> None:
@@ -244,23 +288,30 @@ class Server(asyncio.Protocol):
         if self.phase == PH_SSL:
             b = data[:1]
             rest = data[1:]
+            strict = tls.state.server_mode in ("require", "verify-ca", "verify-full")
             if b == b"S":
+                if rest:
+                    # bytes after 'S' were not protected by TLS (CVE-2021-23222): do not use them
+                    self.close("server sent unencrypted data after SSL response", failed_login=True,
+                               login_error="server sent unencrypted data after SSL response")
+                    return
                 self.phase = PH_CONNECT
+                self.transport.pause_reading()
                 registry.loop.create_task(self._start_tls())
                 return
             if b == b"N":
-                if registry.cfg.server_tls_sslmode in ("require", "verify-ca", "verify-full"):
-                    self.close("server refused SSL", failed_login=True, login_error="server refused SSL")
+                if strict:
+                    self.close("server refused SSL", failed_login=True, login_error="server does not support SSL")
                     return
                 self._send_startup()
                 if rest:
                     self._slow_path(rest)
                 return
-            if b == b"E":
-                # very old servers answer SSLRequest with an error; treat as no TLS
-                self._send_startup()
+            if b == b"E" and not strict:
+                # a server that does not know SSLRequest answers with an error and hangs up: try again without
+                self._reconnect(False)
                 return
-            self.close("bad SSL response", failed_login=True, login_error="bad SSL response")
+            self.close("bad SSL response", failed_login=True, login_error="server sent bad SSL response")
             return
         self.reader.feed(data)
         while self.phase not in (PH_CLOSED,):
@@ -292,6 +343,12 @@ class Server(asyncio.Protocol):
             f = parse_error_fields(body)
             sev = f.get("S", "ERROR")
             msg = f.get("M", "")
+            if self._tls_try is None and not self.tls and self.unix_path is None and \
+                    tls.state.server_mode == "allow" and tls.state.server_ctx is not None:
+                # libpq's allow: the attempt without TLS was refused, the second one uses TLS
+                log.debug(f"{self.prefix()}login without TLS failed ({msg}), retrying with TLS")
+                self._reconnect(True)
+                return
             log.info(f"{self.prefix()}server login failed: {sev} {msg}")
             self.close("login failed", failed_login=True, login_error=msg, login_sqlstate=f.get("C", "08P01"))
         elif mtype == C.B_READY:
@@ -405,6 +462,8 @@ class Server(asyncio.Protocol):
             c.transport.resume_reading()
 
     def connection_lost(self, exc) -> None:
+        if self._handshaking or self._reconnecting and self.transport is None:
+            return                      # handshake failures and libpq-style retries are handled where they happen
         if self.phase != PH_CLOSED:
             if self.phase == PH_LOGIN or self.phase == PH_SSL or self.phase == PH_CONNECT:
                 self.close("server closed connection during login", failed_login=True,
