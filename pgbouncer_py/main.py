@@ -14,7 +14,7 @@ from pgbouncer_py.config import ConfigError, load_config
 from pgbouncer_py.config.userlist import load_auth_file
 from pgbouncer_py.janitor import Janitor
 from pgbouncer_py.log import log
-from pgbouncer_py.net import listen
+from pgbouncer_py.net import listen, tls
 from pgbouncer_py.objects import Database, User, registry
 
 # database settings whose change makes existing server connections stale
@@ -52,6 +52,7 @@ class Pooler:
         self.wait_for_clients = False
         self.auth_file_stat = None
         self.exit_code = 0
+        self.tls_error = None           # why the last TLS (re)configuration failed
 
     # --- configuration into objects ---
     def apply_config(self, cfg) -> None:
@@ -63,12 +64,13 @@ class Pooler:
         login.load_auth_files(cfg, startup=old is None)
         self._apply_users(cfg)
         self._apply_databases(cfg)
-        if old is not None:
-            changed = cfg.changed_settings(old)
-            if any("tls" in name for name in changed):
-                for pool in registry.pools.values():
-                    for s in pool.all_servers():
-                        s.close_needed = True
+        self.tls_error = None
+        try:
+            if tls.configure(cfg) and old is not None:
+                tls_recycle_servers()
+        except tls.TlsConfigError as e:
+            self.tls_error = str(e)
+            log.error(f"TLS setup failed: {e}")
 
     def _load_auth_file(self, cfg, force: bool) -> None:
         if not cfg.auth_file:
@@ -173,15 +175,9 @@ class Pooler:
             log.warning("config file loading failed")
             return False
         log.reopen()
-        old_tls = _tls_settings(self.cfg)
         self.apply_config(new)
-        if old_tls != _tls_settings(new):
-            try:
-                from pgbouncer_py.net import tls
-                if tls.client_tls_enabled(new):
-                    tls.client_context(new)
-            except (OSError, ssl.SSLError, ValueError) as e:
-                log.error(f"TLS configuration could not be reloaded, keeping old configuration: {e}")
+        if self.tls_error:
+            log.warning("TLS configuration could not be reloaded, keeping old configuration")
         return True
 
     # --- lifecycle ---
@@ -195,6 +191,9 @@ class Pooler:
         if auth_problem:
             log.error(auth_problem)
             log.fatal("TLS setup failed")
+            return 1
+        if self.tls_error:
+            log.fatal(f"TLS setup failed: {self.tls_error}")
             return 1
         self._log_fd_limit()
         try:
@@ -372,9 +371,13 @@ class Pooler:
             pass
 
 
-def _tls_settings(cfg) -> tuple:
-    return tuple(cfg.get(k) for k in ("client_tls_sslmode", "client_tls_key_file", "client_tls_cert_file",
-                                      "client_tls_ca_file", "client_tls_protocols", "client_tls_ciphers"))
+def tls_recycle_servers() -> None:
+    """The server-side TLS configuration changed: TCP server connections made with the old one are closed
+    when they are next released (unix-socket servers never use TLS and stay)."""
+    for pool in registry.pools.values():
+        for s in pool.all_servers():
+            if s.unix_path is None and s.tls_generation != tls.state.generation:
+                s.close_needed = True
 
 
 def run(cfg, *, inherited_fds=None) -> int:
