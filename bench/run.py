@@ -644,7 +644,7 @@ def summarize(tests: list[Test], poolers: list[str], res: Results) -> list[str]:
                 return s[k] if s else None
             tps_r, cpu_r = ratio(g(p, "tps"), g(b, "tps")), ratio(g(p, "cpu_us_per_txn"), g(b, "cpu_us_per_txn"))
             target, verdict = target_for(test, mode), ""
-            if target and tps_r is not None:
+            if target and tps_r is not None and (target[0] is None or cpu_r is not None):
                 max_cpu, min_tps = target
                 good = tps_r >= min_tps and (max_cpu is None or (cpu_r is not None and cpu_r <= max_cpu))
                 verdict = "ok" if good else "MISS"
