@@ -10,6 +10,7 @@ from pgbouncer_py import pooling
 from pgbouncer_py.auth import md5 as md5auth
 from pgbouncer_py.auth import scram
 from pgbouncer_py.log import log
+from pgbouncer_py.net import dns
 from pgbouncer_py.net import tls
 from pgbouncer_py.netutil import format_addr, local_addr_of, tune_tcp
 from pgbouncer_py.objects import SV_FREE, SV_LOGIN, registry, set_server_state
@@ -98,9 +99,11 @@ class Server(asyncio.Protocol):
             if self.unix_path:
                 coro = loop.create_unix_connection(lambda: self, self.unix_path)
             else:
-                coro = loop.create_connection(lambda: self, self.host, self.port)
+                coro = self._resolve_and_connect(loop)
             timeout = cfg.server_connect_timeout or None
             await asyncio.wait_for(coro, timeout)
+        except dns.DNSError as e:
+            self.close("DNS lookup failed", failed_login=True, login_error=str(e))
         except TimeoutError:
             self.close("connect timeout", failed_login=True, login_error="connect timeout")
         except OSError as e:
@@ -108,6 +111,16 @@ class Server(asyncio.Protocol):
             self.close("connect failed", failed_login=True, login_error=f"connect failed: {msg}")
         except asyncio.CancelledError:
             pass
+
+    async def _resolve_and_connect(self, loop):
+        """Host names go through the asynchronous resolver with its TTL cache (never blocking the loop)."""
+        addrs = await dns.resolver.resolve(self.host, registry.cfg)
+        for addr in addrs[:-1]:
+            try:
+                return await loop.create_connection(lambda: self, addr, self.port)
+            except OSError:
+                continue
+        return await loop.create_connection(lambda: self, addrs[-1], self.port)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
