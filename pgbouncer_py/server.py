@@ -10,8 +10,7 @@ from pgbouncer_py import pooling
 from pgbouncer_py.auth import md5 as md5auth
 from pgbouncer_py.auth import scram
 from pgbouncer_py.log import log
-from pgbouncer_py.net import dns
-from pgbouncer_py.net import tls
+from pgbouncer_py.net import dns, tls
 from pgbouncer_py.netutil import format_addr, local_addr_of, tune_tcp
 from pgbouncer_py.objects import SV_FREE, SV_LOGIN, registry, set_server_state
 from pgbouncer_py.proto import build
