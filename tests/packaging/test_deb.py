@@ -135,6 +135,16 @@ def query_eventually(sql: str, **kw) -> str:
                 f"{LOGFILE.read_text()[-3000:] if LOGFILE.exists() else '(none)'}", pytrace=False)
 
 
+def connect_tcp(db: str):
+    """A psycopg connection to the pooler over TCP as postgres/postgres, or None without psycopg."""
+    try:
+        import psycopg
+    except ImportError:
+        return None
+    return psycopg.connect(host="localhost", port=6432, dbname=db, user="postgres", password="postgres",
+                           autocommit=True, connect_timeout=5)
+
+
 def owner_mode(path: Path) -> tuple[str, str, int]:
     st = path.stat()
     return pwd.getpwuid(st.st_uid).pw_name, grp.getgrgid(st.st_gid).gr_name, st.st_mode & 0o7777
@@ -374,17 +384,31 @@ def test_install_over_debian_pgbouncer_then_service_lifecycle_and_purge(deb: Pat
                             password="postgres") == "postgres"
     assert read_pid() == pid and pid_alive(pid)
 
-    # restart: online restart (-R), a new process takes over
-    res = service("restart")
-    assert "could not contact" not in res.stdout + res.stderr
-    new_pid = wait_until(lambda: read_pid() not in (0, pid) and read_pid(), what="new pid after restart")
-    wait_until(lambda: not pid_alive(pid), what="old process exit after online restart")
-    assert pid_alive(new_pid)
-    assert query_eventually("SELECT 1+2", db="reloaded", user="postgres", password="postgres") == "3"
+    # restart: online restart (-R), a new process takes over. A failure here is reported at the end, after
+    # stop and purge have been checked too.
+    restart_failure = None
+    running_pid = pid
+    client = connect_tcp("reloaded")  # a client connected across the restart keeps its session
+    res = service("restart", check=False)
+    try:
+        if client is not None:
+            assert client.execute("SELECT 40+2").fetchone()[0] == 42, "client session lost in online restart"
+        assert res.returncode == 0, f"service pgbouncer restart exited {res.returncode}"
+        assert "could not contact" not in res.stdout + res.stderr
+        running_pid = wait_until(lambda: read_pid() not in (0, pid) and read_pid(), what="new pid after restart")
+        wait_until(lambda: not pid_alive(pid), what="old process exit after online restart")
+        assert pid_alive(running_pid)
+        assert query_eventually("SELECT 1+2", db="reloaded", user="postgres", password="postgres") == "3"
+    except Exception as e:  # noqa: BLE001 - any failure of this step is reported after stop and purge
+        restart_failure = f"online restart: {e!r}\n--- stdout\n{res.stdout}\n--- stderr\n{res.stderr}"
+        running_pid = read_pid() or pid
+    finally:
+        if client is not None:
+            client.close()
 
     # stop
     service("stop")
-    wait_until(lambda: not pid_alive(new_pid), what="exit after stop")
+    wait_until(lambda: not pid_alive(running_pid), what="exit after stop")
     assert not PIDFILE.exists()
     assert service("status", check=False).returncode != 0
     assert psql("SELECT 1", db="postgres", user="postgres", password="postgres", check=False).returncode != 0
@@ -392,3 +416,5 @@ def test_install_over_debian_pgbouncer_then_service_lifecycle_and_purge(deb: Pat
     # purge
     sh([*APT, "purge", "-y", "pgbouncer-py"], timeout=600)
     assert_purged()
+    if restart_failure:
+        pytest.fail(restart_failure, pytrace=False)
