@@ -210,10 +210,14 @@ def build_client_context(cfg) -> ssl.SSLContext | None:
             ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)
         ctx.verify_mode = ssl.CERT_REQUIRED
     else:
-        # allow / prefer / require: a client certificate is neither asked for nor checked
+        # allow / prefer / require: a certificate is asked for but optional; one that is sent must chain to
+        # client_tls_ca_file (the system store when unset). That is what Debian's PgBouncer does, and what lets
+        # auth_type=cert work in these modes.
         if cfg.client_tls_ca_file:
             _load("client_tls_ca_file", ctx.load_verify_locations, cfg.client_tls_ca_file)
-        ctx.verify_mode = ssl.CERT_NONE
+        else:
+            ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)
+        ctx.verify_mode = ssl.CERT_OPTIONAL
     ctx.set_alpn_protocols([ALPN])
     ctx.options |= ssl.OP_IGNORE_UNEXPECTED_EOF      # a client that just drops the socket is no TLS error
     return ctx

@@ -405,3 +405,29 @@ def test_tls_change_recycles_only_affected_servers(ssl_factory, certs):
     new_pid = wait_until(lambda: (p := _backend_pid(pooler)) != pid and p, message="a new server connection")
     assert new_pid != pid
     assert _backend_pid(pooler) == new_pid                # and the new one stays
+
+
+@pytest.mark.parametrize("binary", ["py", "c"])
+@pytest.mark.parametrize(("ca_file", "rogue_accepted"), [(True, False), (False, False)])
+def test_require_mode_and_client_certificates(pooler_factory, certs, binary, ca_file, rogue_accepted):
+    """client_tls_sslmode=require: a client certificate is optional, but one that is sent must chain to
+    client_tls_ca_file (the system store without one), as Debian's PgBouncer does."""
+    settings = {**client_tls_settings(certs, "require"), "server_tls_sslmode": "disable"}
+    if not ca_file:
+        settings["client_tls_ca_file"] = None
+    pooler = pooler_factory.start(settings, binary=binary)
+    cert, key = certs.rogues["md5user"]
+    assert outcome_dsn(pooler.dsn(sslmode="require", sslcert=cert, sslkey=key)) == \
+        ("tls" if rogue_accepted else "rejected")
+    good, good_key = certs.client_cert("md5user")
+    assert outcome_dsn(pooler.dsn(sslmode="require", sslcert=good, sslkey=good_key)) == \
+        ("tls" if ca_file else "rejected")
+    assert outcome_dsn(pooler.dsn(sslmode="require", sslcert="/nonexistent", sslkey="/nonexistent")) == "tls"
+
+
+def outcome_dsn(dsn: str) -> str:
+    try:
+        with psycopg.connect(dsn) as conn:
+            return "tls" if conn.pgconn.ssl_in_use else "plain"
+    except psycopg.OperationalError:
+        return "rejected"
