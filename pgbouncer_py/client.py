@@ -386,9 +386,15 @@ class Client(asyncio.Protocol):
             elif lk == "options":
                 self._startup_options(value, ignore)
             elif lk == "replication":
-                if value.lower() in ("false", "off", "no", "0"):
+                low = value.lower()
+                if low in ("false", "off", "no", "0"):
                     continue
-                raise ProtocolError("unsupported startup parameter: replication")
+                if low in ("true", "on", "yes", "1"):
+                    self.replication = "physical"
+                elif low == "database":
+                    self.replication = "logical"
+                else:
+                    raise ProtocolError(f"invalid value for parameter \"replication\": \"{value}\"")
             elif lk in (p.lower() for p in cfg.list_setting("track_extra_parameters")):
                 self.vars[key] = value
             elif key.startswith("_pq_."):
@@ -502,6 +508,8 @@ class Client(asyncio.Protocol):
         pool_user = pool_user or db.forced_user or user
         self.pool = registry.get_pool(db, pool_user)
         self.pool_mode = self.pool.pool_mode(cfg)
+        if self.replication != "none":
+            self.pool_mode = "session"    # a replication client keeps its own server connection to the end
         max_db_clients = db.setting("max_db_client_connections", cfg.max_db_client_connections)
         if max_db_clients and db.client_count >= max_db_clients:
             self.close("client connections exceeded (max_db_client_connections)", send_error=True)

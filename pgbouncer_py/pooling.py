@@ -127,6 +127,9 @@ def activate_client(client) -> None:
     if pool.db.paused or registry.paused or registry.suspended:
         _queue(client)
         return
+    if client.replication != "none":
+        _launch_replication_server(client)
+        return
     server = _take_idle(pool)
     if server is not None:
         if _needs_check(server):
@@ -138,6 +141,20 @@ def activate_client(client) -> None:
         return
     _queue(client)
     launch_new_connection(pool)
+
+
+def _launch_replication_server(client) -> None:
+    """Replication connections are never pooled: the client waits for a server logged in just for it."""
+    from pgbouncer_py.server import Server
+    pool = client.pool
+    _queue(client)
+    host, port, path = server_address(pool)
+    server = Server(pool, host or "", port, path)
+    server.db_conf = pool.db.conf
+    server.replication = client.replication
+    server.replication_client = client
+    set_server_state(server, "login")
+    server.start_connect()
 
 
 def _needs_check(server) -> bool:
@@ -187,6 +204,9 @@ def link(client, server) -> None:
     server.link = client
     server.request_time = time.time()
     client.pool.last_active = now
+    if server.replication is not None:      # walsenders accept no SET
+        client.link_ready()
+        return
     sql = varcache.set_statements(tracked_params(registry.cfg), client.vars, server.params)
     if sql:
         log.debug(f"{server.prefix()}varcache_apply: {sql}")
@@ -252,7 +272,7 @@ def server_available(server) -> None:
         if auth_query.give_server(server):
             return
     for client in pool.waiting_clients:
-        if client.state == CL_WAITING:
+        if client.state == CL_WAITING and client.replication == "none":
             link(client, server)
             return
     set_server_state(server, SV_IDLE)
@@ -276,6 +296,14 @@ def _lifetime_close_allowed(pool, now: float, lifetime: float) -> bool:
 def server_login_done(server) -> None:
     pool = server.pool
     pool.last_login_error = None
+    if server.replication is not None:
+        client = server.replication_client
+        server.replication_client = None
+        if client is not None and client.state == CL_WAITING:
+            link(client, server)
+        else:
+            server.close("replication client disconnected")
+        return
     if pool.welcome_params is None:
         pool.welcome_params = dict(server.params)
     for client in list(pool.waiting_clients):
@@ -319,6 +347,9 @@ def client_unlinked_by_close(client, server) -> None:
     server.link = None
     if server.closed:
         return
+    if server.replication is not None:
+        server.close("replication client disconnected")
+        return
     if server.ready and server.expect_rfq == 0 and server.internal_done is None and not server.tail \
             and server.skip == 0:
         reset_server(server, client.pool_mode)
@@ -328,6 +359,10 @@ def client_unlinked_by_close(client, server) -> None:
 
 def server_closed(server, client, reason, failed_login, login_error, sqlstate, notify) -> None:
     pool = server.pool
+    waiter = getattr(server, "replication_client", None)
+    if waiter is not None:
+        server.replication_client = None
+        waiter.close(login_error or reason, send_error=True, sqlstate=sqlstate)
     if pool.auth_waiters or server.internal_rows is not None:
         from pgbouncer_py.auth import auth_query
         auth_query.server_closed(server, failed_login, login_error or reason, sqlstate)

@@ -73,6 +73,7 @@ class Server(asyncio.Protocol):
         self.connect_task = None
         self.prepared = {}              # server-side prepared statements (issue 7)
         self.setting_vars = False
+        self.replication = None         # "physical"/"logical": a dedicated server of one replication client
         self.last_rfq = 0.0             # monotonic time of the last ReadyForQuery (idle_transaction_timeout)
 
     @property
@@ -156,6 +157,8 @@ class Server(asyncio.Protocol):
                 v = getattr(conf, key, None)
                 if v:
                     params[pname] = v
+        if self.replication is not None:
+            params["replication"] = "database" if self.replication == "logical" else "true"
         self.transport.write(build.startup_message(params))
 
     async def _start_tls(self) -> None:
