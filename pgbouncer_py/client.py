@@ -81,6 +81,7 @@ class Client(asyncio.Protocol):
         self.closing_reason = None
         self.counted_db = None
         self.counted_user = None
+        self.id = next(registry.socket_ids)   # SHOW CLIENTS `id`, the KILL_CLIENT handle
         self.idle_since = self.created    # monotonic: when the client last became unlinked (client_idle_timeout)
         self.wait_notified = False        # query_wait_notify NOTICE sent for the current wait
         self.no_pqexec = False            # disable_pqexec
@@ -107,8 +108,9 @@ class Client(asyncio.Protocol):
         self.local_addr = local_addr_of(transport)
         registry.total_clients += 1
         set_client_state(self, CL_LOGIN)
-        if registry.suspended or registry.shutting_down and registry.main and registry.main.wait_for_clients:
-            pass
+        if registry.suspended:
+            from pgbouncer_py.admin import control
+            control.hold_transport(transport)     # SUSPEND: not read until RESUME
 
     def data_received(self, data: bytes) -> None:
         if self.phase == PH_WORK and not self.admin:

@@ -3,6 +3,7 @@
 A socket's state is a location (DESIGN.md rule 3): every client/server sits in exactly one list, counts are lengths.
 """
 
+import itertools
 import os
 import random
 import time
@@ -169,6 +170,8 @@ class Registry:
         self.start_time = time.time()
         self.loop = None
         self.main = None                          # pgbouncer_py.main.Pooler
+        self.socket_ids = itertools.count(1)      # SHOW CLIENTS/SERVERS `id` (the KILL_CLIENT handle)
+        self.total_avg: dict = {}                 # stats_period averages over all databases (SHOW TOTALS)
 
     def get_pool(self, db: Database, user: User) -> Pool:
         key = (db.name, user.name)

@@ -1,11 +1,11 @@
-"""Console commands: one function per command, looked up by the first (and second) word."""
+"""Console command dispatch: SHOW/SELECT, SET, SHUTDOWN and the control words, with access checks and encoding."""
 
-from pgbouncer_py import VERSION_STRING
+import struct
+
+from pgbouncer_py.admin import show
 from pgbouncer_py.admin.console import FAKE_SHOW, AdminError, parse_command, parse_set, parse_shutdown
-from pgbouncer_py.objects import registry
+from pgbouncer_py.admin.show import INT4, INT8, NUMERIC, TEXT, Result  # noqa: F401  (re-exported)
 from pgbouncer_py.proto import build
-
-TEXT, INT4, INT8, NUMERIC = 25, 23, 20, 1700
 
 HELP_TEXT = """
 \tSHOW HELP|CONFIG|USERS|DATABASES|POOLS|CLIENTS|SERVERS|VERSION
@@ -29,41 +29,85 @@ HELP_TEXT = """
 
 
 def result(columns: list[tuple[str, int]], rows: list[list], tag: str = "SHOW") -> bytes:
-    out = [build.row_description(columns)]
-    out.extend(build.data_row(r) for r in rows)
-    out.append(build.command_complete(tag))
+    """Simple-protocol encoding of a row set (RowDescription, DataRows, CommandComplete)."""
+    return encode(Result(columns, rows, tag))
+
+
+def encode(res: Result, *, describe: bool = True, formats: list[int] | None = None) -> bytes:
+    out = [build.row_description(res.columns)] if describe else []
+    if formats and any(formats):
+        fmts = [formats[0]] * len(res.columns) if len(formats) == 1 else formats
+        oids = [c[1] for c in res.columns]
+        out.extend(build.data_row([binary_value(v, oid) if f else v for v, oid, f in zip(r, oids, fmts, strict=True)])
+                   for r in res.rows)
+    else:
+        out.extend(build.data_row(r) for r in res.rows)
+    out.append(build.command_complete(res.tag))
     return b"".join(out)
 
 
-def show_version(console, arg):
-    return result([("version", TEXT)], [[VERSION_STRING]])
+def row_description(columns: list[tuple[str, int]], formats: list[int] | None = None) -> bytes:
+    """RowDescription with the result format codes a Bind asked for (text when none)."""
+    if not formats or not any(formats):
+        return build.row_description(columns)
+    fmts = [formats[0]] * len(columns) if len(formats) == 1 else formats
+    parts = [struct.pack("!H", len(columns))]
+    for (name, oid), f in zip(columns, fmts, strict=True):
+        size = {INT4: 4, INT8: 8}.get(oid, -1)
+        parts.append(build.cstr(name) + struct.pack("!IhIhih", 0, 0, oid, size, -1, f))
+    return build.msg(b"T", b"".join(parts))
 
 
-def show_help(console, arg):
+def binary_value(v, oid: int):
+    """A value in PostgreSQL's binary format for the column type (None stays NULL)."""
+    if v is None:
+        return None
+    if oid == INT4:
+        return int(v).to_bytes(4, "big", signed=True)
+    if oid == INT8:
+        return int(v).to_bytes(8, "big", signed=True)
+    if oid == NUMERIC:
+        return numeric_binary(int(v))
+    if isinstance(v, bytes):
+        return v
+    return str(v).encode()
+
+
+def numeric_binary(n: int) -> bytes:
+    """An integer as a binary numeric: ndigits, weight, sign, dscale, then base-10000 digits."""
+    sign = 0x4000 if n < 0 else 0
+    n = abs(n)
+    digits = []
+    while n:
+        digits.append(n % 10000)
+        n //= 10000
+    digits.reverse()
+    weight = len(digits) - 1 if digits else 0
+    while digits and digits[-1] == 0:     # trailing zero groups are implied by the weight
+        digits.pop()
+    head = len(digits).to_bytes(2, "big") + weight.to_bytes(2, "big", signed=True) + \
+        sign.to_bytes(2, "big") + (0).to_bytes(2, "big")
+    return head + b"".join(d.to_bytes(2, "big") for d in digits)
+
+
+def help_answer() -> bytes:
     return build.notice_response("Console usage", detail=HELP_TEXT) + build.command_complete("SHOW")
 
 
-def show_config(console, arg):
-    rows = [list(r) for r in registry.cfg.show_rows()]
-    return result([("key", TEXT), ("value", TEXT), ("default", TEXT), ("changeable", TEXT)], rows)
-
-
-SHOW_COMMANDS = {"version": show_version, "help": show_help, "config": show_config}
-ADMIN_COMMANDS: dict = {}        # name -> fn(console, arg) for commands that need admin_users
-SHOW_ONLY_FOR_ADMIN = set()      # SHOW subcommands that need admin_users (e.g. fds)
+ADMIN_COMMANDS: dict = {}        # name -> fn(console, arg) for commands that need admin_users (filled by control)
+SHOW_ONLY_FOR_ADMIN = {"fds"}    # SHOW subcommands that need admin_users
 
 
 def execute(console, sql: str):
-    """Run one command; returns bytes to send, or 'defer' when the command answers later."""
-    if parse_shutdown(sql) is not None and "shutdown" in ADMIN_COMMANDS:
+    """Run one command: a Result, raw bytes to send, 'defer' (answers later), or None (nothing to send)."""
+    mode = parse_shutdown(sql)
+    if mode is not None:
         console.require_admin()
-        data = ADMIN_COMMANDS["shutdown"](console, parse_shutdown(sql))
-        return _send(console, data)
+        return ADMIN_COMMANDS["shutdown"](console, mode)
     st = parse_set(sql)
     if st is not None:
         console.require_admin()
-        from pgbouncer_py.admin import control
-        return _send(console, control.set_setting(console, st[0], st[1]))
+        return ADMIN_COMMANDS["set"](console, st)
     cmd = parse_command(sql)
     if cmd is None:
         raise AdminError(f"invalid command '{sql}', use SHOW HELP;")
@@ -72,30 +116,30 @@ def execute(console, sql: str):
         if arg is None:
             raise AdminError(f"invalid command '{sql}', use SHOW HELP;")
         if arg in FAKE_SHOW:
-            return _send(console, result([(arg, TEXT)], [[FAKE_SHOW[arg]]]))
-        fn = SHOW_COMMANDS.get(arg)
+            return Result([(arg, TEXT)], [[FAKE_SHOW[arg]]])
+        if arg == "help":
+            return help_answer()
+        fn = show.SHOW_COMMANDS.get(arg)
         if fn is None:
             raise AdminError(f"invalid command '{sql}', use SHOW HELP;")
         if arg in SHOW_ONLY_FOR_ADMIN:
             console.require_admin()
-        return _send(console, fn(console, arg))
+        return fn(console, arg)
     fn = ADMIN_COMMANDS.get(word)
-    if fn is None:
+    if fn is None or word in ("set", "shutdown"):
         raise AdminError(f"invalid command '{sql}', use SHOW HELP;")
     console.require_admin()
-    return _send(console, fn(console, arg))
+    return fn(console, arg)
 
 
-def _send(console, data):
-    if data == "defer":
-        return "defer"
-    if data:
-        console.send(data)
-    return None
+def is_show(sql: str) -> bool:
+    """Whether the command returns rows (the extended protocol describes it without running it twice)."""
+    cmd = parse_command(sql)
+    return cmd is not None and cmd[0] in ("show", "select") and cmd[1] is not None and cmd[1] != "help"
 
 
 def console_closed(console) -> None:
-    """Hook for commands that must notice a console leaving (SUSPEND auto-resume)."""
+    """Hook for commands that must notice a console leaving (SUSPEND auto-resume, deferred answers)."""
     for hook in CLOSE_HOOKS:
         hook(console)
 

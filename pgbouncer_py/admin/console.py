@@ -4,6 +4,7 @@ import re
 
 from pgbouncer_py import PGBOUNCER_VERSION
 from pgbouncer_py.log import log
+from pgbouncer_py.objects import registry
 from pgbouncer_py.proto import build
 from pgbouncer_py.proto import constants as C
 from pgbouncer_py.proto.messages import ProtocolError, parse_query
@@ -43,6 +44,9 @@ class Console:
 
     def __init__(self, client):
         self.client = client
+        self.deferred = False        # a command (PAUSE, SUSPEND, WAIT_CLOSE) will answer later
+        self.deferred_rfq = True     # the deferred answer ends with ReadyForQuery (simple protocol)
+        self.held: list = []         # messages that arrived while a command was deferred
 
     def welcome(self) -> None:
         out = [build.parameter_status(k, v) for k, v in WELCOME_PARAMS]
@@ -63,6 +67,9 @@ class Console:
         if mtype == C.Q_TERMINATE:
             self.client.close("client close request")
             return
+        if self.deferred:
+            self.held.append((mtype, body))   # answered in order once the deferred command is done
+            return
         if mtype != C.Q_QUERY:
             from pgbouncer_py.admin import extended
             extended.message(self, mtype, body)
@@ -73,28 +80,49 @@ class Console:
     def run(self, sql: str, *, ready: bool = True) -> None:
         """Answer one simple-protocol query; ready=False when the caller sends ReadyForQuery itself."""
         from pgbouncer_py.admin import commands
-        self.client.pool.db.stats.query_count += 1
-        self.client.pool.db.stats.xact_count += 1
+        self.count_query()
         try:
             if sql.strip() == "" or sql.strip() == ";":
                 self.send(build.empty_query_response())
-                result = None
+                answer = None
             else:
-                result = commands.execute(self, sql)
-        except AdminError as e:
-            log.debug(f"{self.client.prefix()}console error: {e}")
-            self.send(build.error_response(str(e), e.sqlstate, "ERROR"))
-            result = None
-        except ProtocolError as e:
-            self.send(build.error_response(str(e), "08P01", "ERROR"))
-            result = None
-        if result == "defer":
-            return      # the command answers later (PAUSE, WAIT_CLOSE, ...)
+                answer = commands.execute(self, sql)
+        except (AdminError, ProtocolError) as e:
+            self.send_error(str(e), getattr(e, "sqlstate", "08P01"))
+            answer = None
+        if isinstance(answer, str) and answer == "defer":
+            self.deferred = True
+            self.deferred_rfq = ready
+            return      # the command answers later (PAUSE, SUSPEND, WAIT_CLOSE, ...)
+        if answer is not None:
+            self.send(answer if isinstance(answer, bytes) else commands.encode(answer))
         if ready and self.client.transport is not None:
             self.send(build.ready_for_query(b"I"))
 
+    def count_query(self) -> None:
+        stats = self.client.pool.db.stats
+        stats.query_count += 1
+        stats.xact_count += 1
+
+    def send_error(self, message: str, sqlstate: str = "08P01") -> None:
+        """ERROR to the console client; logged like PgBouncer (ERROR line, then the pooler error warning)."""
+        log.error(message)
+        if registry.cfg.log_pooler_errors:
+            log.warning(f"{self.client.prefix()}pooler error: {message}")
+        self.send(build.error_response(message, sqlstate, "ERROR"))
+
     def finish_deferred(self, data: bytes) -> None:
-        self.send(data + build.ready_for_query(b"I"))
+        """Send the late answer of a deferred command, then handle what the client sent meanwhile."""
+        if not self.deferred:
+            return
+        self.deferred = False
+        self.send(data + (build.ready_for_query(b"I") if self.deferred_rfq else b""))
+        held, self.held = self.held, []
+        for i, (mtype, body) in enumerate(held):
+            if self.deferred or self.client.transport is None or self.client.transport.is_closing():
+                self.held.extend(held[i:])
+                break
+            self.message(mtype, body)
 
     def require_admin(self) -> None:
         if self.client.admin_level < 2:
