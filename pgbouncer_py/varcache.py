@@ -19,7 +19,9 @@ def tracked_params(cfg) -> tuple[str, ...]:
 
 
 def quote_literal(value: str) -> str:
-    """A SQL string literal (standard_conforming_strings style)."""
+    """A SQL string literal that reads the same whatever the server's standard_conforming_strings is."""
+    if "\\" in value:
+        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
     return "'" + value.replace("'", "''") + "'"
 
 
