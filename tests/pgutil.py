@@ -742,6 +742,13 @@ class PoolerFactory:
             sections.append(("postgres log during this test", _tail(self.pg.log(self.pg_log_mark))))
         return sections
 
+    def kill_all(self) -> None:
+        """SIGKILL every running pooler at once (from any thread: the per-test time limit uses it)."""
+        for pooler in self.poolers:
+            with contextlib.suppress(Exception):
+                if pooler.is_running():
+                    pooler.signal(SIGKILL)
+
     def stop_all(self) -> list[str]:
         """Stop every pooler (SIGTERM, again, then SIGKILL); returns complaints about ones that had to be killed."""
         problems = []
