@@ -168,7 +168,24 @@ def switch_user(name: str) -> None:
     os.environ["USER"] = os.environ["LOGNAME"] = name
 
 
+def _lookup_user(name: str):
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        log.fatal(f"could not find user '{name}' to switch to")
+        raise SystemExit(1) from None
+
+
+def _chown(path: str, pw) -> None:
+    if path:
+        try:
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        except OSError as e:
+            log.warning(f"could not chown {path} to {pw.pw_name}: {e.strerror}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Order as PgBouncer: config, root check, takeover or bind, daemonize, pidfile, switch user, run."""
     from pgbouncer_py.config import ConfigError, load_config
     argv = sys.argv if argv is None else argv
     o = parse_args(argv)
@@ -196,24 +213,46 @@ def main(argv: list[str] | None = None) -> int:
     if o.daemon and not cfg.pidfile:
         log.fatal("daemon needs pidfile configured")
         return 1
+    pw = _lookup_user(user) if user else None
+    from pgbouncer_py import main as mainmod
+    from pgbouncer_py.net import listen
     inherited = None
+    listeners = None
     if o.reboot:
         from pgbouncer_py import takeover
         log.warning("Online restart is deprecated, use so_reuseport instead")
+        if pw is not None:
+            switch_user(user)      # the old process admits only its own OS user on its unix socket
         inherited = takeover.take_over(cfg)
     check_pidfile(cfg.pidfile)
+    if inherited is not None:
+        listeners = [listen.adopt_socket(fd, cfg) for fd in inherited.listeners]
+    else:
+        try:
+            listeners = mainmod.open_listeners(cfg)
+        except listen.ListenError as e:
+            log.fatal(str(e))
+            return 1
     if o.daemon:
         daemonize()
-    if user:
-        # switch before opening anything the process will own
-        switch_user(user)
-    from pgbouncer_py import main as mainmod
     try:
         write_pidfile(cfg.pidfile)
     except OSError as e:
         log.fatal(f"could not write pidfile '{cfg.pidfile}': {e.strerror}")
         return 1
     try:
-        return mainmod.run(cfg, inherited_fds=inherited)
+        if pw is not None and os.geteuid() != pw.pw_uid:
+            # after binding (privileged ports, root-owned dirs): hand our files to the user, then switch
+            for lst in listeners:
+                listen.chown_socket(lst, pw.pw_uid, pw.pw_gid)
+            _chown(cfg.pidfile, pw)
+            log.debug(f"switching to user {user}")
+            if cfg.logfile:
+                if not os.path.exists(cfg.logfile):
+                    open(cfg.logfile, "a").close()
+                _chown(cfg.logfile, pw)
+            log.close_logfile()
+            switch_user(user)
+        return mainmod.run(cfg, listeners=listeners, takeover=inherited)
     finally:
         remove_pidfile(cfg.pidfile)

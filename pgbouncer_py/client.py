@@ -646,6 +646,9 @@ def _peer_for_key(key: bytes):
     cfg = registry.cfg
     peer_id = ((key[0] & 0x3F) << 8) | key[1]
     if peer_id and peer_id != cfg.peer_id and peer_id in cfg.peers:
+        if key[0] >> 6 == 0:
+            log.debug(f"cancel request for peer {peer_id} dropped: forwarded too many times")
+            return None
         return cfg.peers[peer_id]
     return None
 
@@ -658,7 +661,8 @@ async def _forward_cancel_to_peer(peer, key: bytes) -> None:
         else:
             path = os.path.join(peer.host or registry.cfg.unix_socket_dir, f".s.PGSQL.{peer.port}")
             r, w = await asyncio.wait_for(asyncio.open_unix_connection(path), 5)
-        w.write(struct.pack("!II", 16, C.CANCEL_REQUEST_CODE) + key)
+        ttl = (key[0] >> 6) - 1        # one hop less, so a misconfigured ring cannot loop forever
+        w.write(struct.pack("!II", 16, C.CANCEL_REQUEST_CODE) + bytes(((ttl << 6) | (key[0] & 0x3F),)) + key[1:])
         await w.drain()
         await asyncio.wait_for(r.read(), 5)
         w.close()

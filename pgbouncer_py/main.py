@@ -41,11 +41,15 @@ def new_event_loop():
 class Pooler:
     """The running process: owns the listeners and applies config changes."""
 
-    def __init__(self, cfg, *, inherited_fds: list[int] | None = None):
+    def __init__(self, cfg, *, inherited_fds: list[int] | None = None, listeners: list | None = None,
+                 takeover=None):
         self.cfg = cfg
         self.startup_cfg = cfg
-        self.listeners: list[listen.Listener] = []
+        self.listeners: list[listen.Listener] = listeners or []
         self.inherited_fds = inherited_fds or []
+        self.takeover = takeover        # takeover.Inherited after an online restart (-R)
+        self.taken_over = False         # this (old) process handed its sockets to a new one
+        self._last_status = None
         self.janitor = Janitor()
         self.done: asyncio.Future | None = None
         self.shutdown_mode = None
@@ -196,14 +200,19 @@ class Pooler:
             log.fatal(f"TLS setup failed: {self.tls_error}")
             return 1
         self._log_fd_limit()
-        try:
-            self._open_listeners()
-        except listen.ListenError as e:
-            log.fatal(str(e))
-            return 1
+        if not self.listeners:
+            try:
+                self.listeners = open_listeners(self.cfg, self.inherited_fds)
+            except listen.ListenError as e:
+                log.fatal(str(e))
+                return 1
         for lst in self.listeners:
             lst.server = await loop.create_server(lambda lst=lst: Client(lst), sock=lst.sock)
             log.info(f"listening on {lst.desc}")
+        if self.takeover is not None:
+            from pgbouncer_py import takeover
+            await takeover.adopt(self.takeover, self.listeners)
+            self.takeover = None
         self._install_signals(loop)
         self.janitor.start()
         self._sd_notify("READY=1")
@@ -211,6 +220,8 @@ class Pooler:
                  f"tls: {ssl.OPENSSL_VERSION}")
         await self.done
         self._sd_notify("STOPPING=1")
+        if self.taken_over:
+            self._exit_handed_over()
         self.janitor.stop()
         await self._close_everything()
         return self.exit_code
@@ -228,21 +239,6 @@ class Pooler:
             except (ValueError, OSError):
                 pass
 
-    def _open_listeners(self) -> None:
-        fds = list(self.inherited_fds)
-        listen_fds = int(os.environ.get("LISTEN_FDS", "0") or 0)
-        if listen_fds and os.environ.get("LISTEN_PID") == str(os.getpid()):
-            fds += list(range(3, 3 + listen_fds))
-            for fd in range(3, 3 + listen_fds):
-                log.info(f"socket passed from service manager (fd {fd})")
-        if fds:
-            self.listeners = [listen.adopt_socket(fd, self.cfg) for fd in fds]
-            return
-        self.listeners = listen.tcp_listeners(self.cfg)
-        u = listen.unix_listener(self.cfg)
-        if u is not None:
-            self.listeners.append(u)
-
     def _install_signals(self, loop) -> None:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         loop.add_signal_handler(signal.SIGINT, self._on_sigint)
@@ -254,6 +250,7 @@ class Pooler:
 
     def _on_sighup(self) -> None:
         log.info("got SIGHUP, re-reading config")
+        log.reopen()
         self._sd_notify("RELOADING=1")
         self.reload()
         self._sd_notify("READY=1")
@@ -311,7 +308,11 @@ class Pooler:
         for lst in self.listeners:
             if mode == "wait_for_clients" or not lst.unix:
                 if lst.server is not None:
+                    if self.cfg.so_reuseport and not lst.unix:
+                        # connections already queued on our socket would be reset by close(): take them
+                        self._drain_accept_queue(lst)
                     lst.server.close()
+                    lst.server = None
         if mode == "wait_for_servers":
             registry.paused = True
             for pool in registry.pools.values():
@@ -320,7 +321,13 @@ class Pooler:
         self.janitor_tick(0)
 
     def janitor_tick(self, now: float) -> None:
-        """Progress of a waiting shutdown."""
+        """Progress of a waiting shutdown; systemd STATUS= with each new stats period."""
+        avg = getattr(registry, "total_avg", None)
+        if avg is not None and avg is not self._last_status:
+            self._last_status = avg
+            if os.environ.get("NOTIFY_SOCKET"):
+                from pgbouncer_py.stats import stats_log_line
+                self._sd_notify("STATUS=" + stats_log_line(avg).removeprefix("stats: "))
         mode = self.shutdown_mode
         if mode is None or self.done is None or self.done.done():
             return
@@ -333,19 +340,52 @@ class Pooler:
                 self.done.set_result(None)
         elif mode == "wait_for_clients":
             clients = sum(p.client_count() for p in registry.pools.values() if not p.db.admin)
+            clients += sum(1 for c in registry.login_clients if not c.admin)
             if clients == 0:
                 log.info("client connections dropped, exiting")
                 self.done.set_result(None)
+
+    def _drain_accept_queue(self, lst) -> None:
+        loop = registry.loop
+        while True:
+            try:
+                conn, _addr = lst.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning(f"accept() while closing {lst.desc}: {e.strerror}")
+                return
+            conn.setblocking(False)
+            loop.create_task(loop.connect_accepted_socket(lambda lst=lst: Client(lst), sock=conn))
+
+    # --- online restart, old process side ---
+    def freeze_for_takeover(self) -> None:
+        """Stop accepting and stop the janitor; listening sockets stay open (dups) for SHOW FDS."""
+        self.janitor.stop()
+        for lst in self.listeners:
+            if lst.server is not None and lst.handover is None:
+                lst.handover = lst.sock.dup()
+                lst.server.close()
+                lst.server = None
+
+    def handed_over(self) -> None:
+        self.taken_over = True
+
+    def _exit_handed_over(self) -> None:
+        """The new process owns every socket now: leave without touching them (no Terminate, no unlink)."""
+        from pgbouncer_py.cli import remove_pidfile
+        log.info("process handed over to new process, exiting")
+        remove_pidfile(self.cfg.pidfile)
+        log.close_logfile()
+        sys.stderr.flush()
+        os._exit(0)
 
     async def _close_everything(self) -> None:
         for lst in self.listeners:
             if lst.server is not None:
                 lst.server.close()
             if lst.unix and lst.path and not lst.path.startswith("\0"):
-                try:
-                    os.unlink(lst.path)
-                except OSError:
-                    pass
+                listen.unlink_if_ours(lst)
         for pool in list(registry.pools.values()):
             for c in pool.all_clients():
                 c.close("pooler is shutting down", quiet=True)
@@ -380,10 +420,34 @@ def tls_recycle_servers() -> None:
                 s.close_needed = True
 
 
-def run(cfg, *, inherited_fds=None) -> int:
+def open_listeners(cfg, inherited_fds: list[int] | None = None) -> list:
+    """Bind the listeners (before switching user), or adopt systemd's LISTEN_FDS sockets; ListenError on failure."""
+    fds = list(inherited_fds or [])
+    listen_fds = int(os.environ.get("LISTEN_FDS", "0") or 0)
+    if listen_fds and os.environ.get("LISTEN_PID") == str(os.getpid()):
+        fds += list(range(3, 3 + listen_fds))
+        for fd in range(3, 3 + listen_fds):
+            log.info(f"socket passed from service manager (fd {fd})")
+        for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+            os.environ.pop(name, None)
+    if fds:
+        return [listen.adopt_socket(fd, cfg) for fd in fds]
+    listeners = listen.tcp_listeners(cfg)
+    try:
+        u = listen.unix_listener(cfg)
+    except listen.ListenError:
+        for lst in listeners:
+            lst.sock.close()
+        raise
+    if u is not None:
+        listeners.append(u)
+    return listeners
+
+
+def run(cfg, *, inherited_fds=None, listeners=None, takeover=None) -> int:
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
-    pooler = Pooler(cfg, inherited_fds=inherited_fds)
+    pooler = Pooler(cfg, inherited_fds=inherited_fds, listeners=listeners, takeover=takeover)
     try:
         return loop.run_until_complete(pooler.run())
     finally:

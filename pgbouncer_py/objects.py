@@ -182,15 +182,18 @@ class Registry:
         return pool
 
     def find_client_by_key(self, key: bytes):
+        if len(key) == 8 and getattr(self.cfg, "peer_id", 0):
+            key = bytes((key[0] | 0xC0,)) + key[1:]     # a forwarded key has a lower TTL than the one we issued
         return self.cancel_keys.get(key)
 
     def new_cancel_key(self) -> bytes:
-        """8 random bytes; with peer_id set, the top bits of the first bytes carry our peer id."""
+        """8 random bytes; with peer_id set, the first two bytes carry a forwarding TTL (top 2 bits, 3 = fresh)
+        and our 14-bit peer id, so any process of a so_reuseport group can route a cancel request to us."""
         peer_id = int(getattr(self.cfg, "peer_id", 0) or 0)
         while True:
             key = bytearray(os.urandom(8))
             if peer_id:
-                key[0] = (peer_id >> 8) & 0x3F
+                key[0] = 0xC0 | ((peer_id >> 8) & 0x3F)
                 key[1] = peer_id & 0xFF
             key = bytes(key)
             if key not in self.cancel_keys:

@@ -148,7 +148,10 @@ CLOSE_HOOKS: list = []
 
 
 def _load_command_modules() -> None:
-    from pgbouncer_py.admin import control  # noqa: F401  (registers its commands)
+    from pgbouncer_py.admin import (  # noqa: F401  (each registers its commands)
+        control,
+        fds,  # SHOW FDS with fd passing, for online restart
+    )
 
 
 _load_command_modules()

@@ -20,6 +20,8 @@ class Listener:
     unix: bool
     path: str = ""
     server: object = None
+    path_ino: int = 0          # inode of the socket file we bound (so we never unlink a successor's)
+    handover: object = None    # dup of sock kept open for an online restart after accepting stopped
 
 
 def _tcp_addrs(listen_addr: str, port: int) -> list[tuple]:
@@ -103,10 +105,30 @@ def unix_listener(cfg) -> Listener | None:
                     log.warning(f"unix_socket_group {cfg.unix_socket_group}: {e}")
         sock.listen(cfg.listen_backlog)
         sock.setblocking(False)
+        ino = os.stat(path).st_ino if not path.startswith("\0") else 0
     except OSError as e:
         sock.close()
         raise ListenError(f"bind(): unix:{shown}: {e.strerror}") from None
-    return Listener(sock, f"unix:{shown}", cfg.listen_port, True, path)
+    return Listener(sock, f"unix:{shown}", cfg.listen_port, True, path, path_ino=ino)
+
+
+def unlink_if_ours(lst: Listener) -> None:
+    """Remove the unix socket file at exit, unless another process (a so_reuseport successor) rebound it."""
+    try:
+        if not lst.path_ino or os.stat(lst.path).st_ino == lst.path_ino:
+            os.unlink(lst.path)
+    except OSError:
+        pass
+
+
+def chown_socket(lst: Listener, uid: int, gid: int) -> None:
+    """Give the unix socket file to the user we switch to (group kept when unix_socket_group set it)."""
+    if lst.unix and lst.path and not lst.path.startswith("\0"):
+        try:
+            st = os.stat(lst.path)
+            os.chown(lst.path, uid, gid if st.st_gid == os.getegid() else -1)
+        except OSError as e:
+            log.warning(f"could not chown {lst.path}: {e.strerror}")
 
 
 def adopt_socket(fd: int, cfg) -> Listener:
@@ -117,7 +139,13 @@ def adopt_socket(fd: int, cfg) -> Listener:
         path = sock.getsockname()
         if isinstance(path, bytes):
             path = path.decode(errors="replace")
-        return Listener(sock, f"unix:{path}", cfg.listen_port, True, path)
+        ino = 0
+        if path and not path.startswith("\0"):
+            try:
+                ino = os.stat(path).st_ino
+            except OSError:
+                pass
+        return Listener(sock, f"unix:{path}", cfg.listen_port, True, path, path_ino=ino)
     host, port = sock.getsockname()[:2]
     desc = f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
     return Listener(sock, desc, port, False)
