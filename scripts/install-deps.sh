@@ -21,6 +21,7 @@ APT_PACKAGES=(
     python3 python3-venv python3-uvloop python3-aiodns python3-cryptography python3-psycopg2
     procps util-linux ca-certificates
     python3-pampy libpam-pwdfile openssl
+    prometheus-pgbouncer-exporter
 )
 
 _say() { printf '[install-deps] %s\n' "$*" >&2; }
