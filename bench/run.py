@@ -447,7 +447,10 @@ def run_pgbench(cluster: Cluster, target, test: Test, args) -> dict:
     res["wall_s"] = round(wall, 3)
     res["pgbench_cpu_us"] = round((ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) * 1e6)
     if out.returncode or "tps" not in res or not res.get("transactions"):
-        err = " | ".join((out.stderr.strip().splitlines() or ["no output"])[-3:])
+        lines = out.stderr.strip().splitlines()
+        if not lines and not out.returncode:
+            lines = [f"no transaction completed in {wall:.0f} s (all {test.clients} clients still logging in?)"]
+        err = " | ".join((lines or ["no output"])[-3:])
         return {"ok": False, "error": f"pgbench exit {out.returncode}: {err}", **res}
     res["ok"] = True
     if target is not None:
