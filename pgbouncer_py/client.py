@@ -5,7 +5,7 @@ import os
 import struct
 import time
 
-from pgbouncer_py import pooling
+from pgbouncer_py import pooling, prepare
 from pgbouncer_py.auth import login
 from pgbouncer_py.log import log
 from pgbouncer_py.net import tls
@@ -77,7 +77,8 @@ class Client(asyncio.Protocol):
         self.paused_peer = False
         self.paused_reading = False
         self.replication = "none"
-        self.prepared = {}
+        self.prepared = {}            # prepared statement name -> prepare.Statement (issue 7)
+        self.ps = 0                   # prepare.PS_OFF / PS_ON / PS_ACTIVE (tracking this link period)
         self.closing_reason = None
         self.counted_db = None
         self.counted_user = None
@@ -153,6 +154,9 @@ class Client(asyncio.Protocol):
     # --- work phase, the hot path ---
     def _forward(self, data: bytes, server) -> None:
         """HOT: forward client bytes to the linked server, counting Query/Sync and catching Terminate."""
+        if self.ps == 2:
+            prepare.client_data(self, data, server)
+            return
         if self.tail:
             data = self.tail + data
             self.tail = b""
@@ -182,11 +186,17 @@ class Client(asyncio.Protocol):
                 self.close("client close request")
                 return
             elif t == 80 or t == 66 or t == 68 or t == 69 or t == 70:   # P B D E F: extended-protocol work
+                if self.ps and t != 69 and t != 70:
+                    prepare.handoff(self, server, data, pos)
+                    return
                 if not server.query_start:
                     now = time.monotonic()
                     server.query_start = now
                     if not server.xact_start:
                         server.xact_start = now
+            elif t == 67 and self.ps:         # 'C' Close: prepared statements are tracked
+                prepare.handoff(self, server, data, pos)
+                return
             if ln < 4 or ln > self._max_packet:
                 self.close("bad packet header" if ln < 4 else "max_packet_size exceeded", send_error=True)
                 return
@@ -562,6 +572,7 @@ class Client(asyncio.Protocol):
         self._max_packet = cfg.max_packet_size
         self.idle_since = time.monotonic()
         self.no_pqexec = bool(cfg.disable_pqexec)
+        self.ps = prepare.enabled_for(self)
         if self.pending:
             data = bytes(self.pending)
             self.pending.clear()

@@ -351,7 +351,8 @@ def client_unlinked_by_close(client, server) -> None:
         server.close("replication client disconnected")
         return
     if server.ready and server.expect_rfq == 0 and server.internal_done is None and not server.tail \
-            and server.skip == 0:
+            and server.skip == 0 and not server.psq:
+        server.psq = None
         reset_server(server, client.pool_mode)
     else:
         server.close("client disconnect while server was not ready")

@@ -6,7 +6,7 @@ import ssl
 import struct
 import time
 
-from pgbouncer_py import pooling
+from pgbouncer_py import pooling, prepare
 from pgbouncer_py.auth import md5 as md5auth
 from pgbouncer_py.auth import scram
 from pgbouncer_py.log import log
@@ -71,7 +71,8 @@ class Server(asyncio.Protocol):
         self.paused_peer = False
         self.closing_reason = None
         self.connect_task = None
-        self.prepared = {}              # server-side prepared statements (issue 7)
+        self.prepared = {}              # server-side prepared statements: id -> Statement, LRU order (issue 7)
+        self.psq = None                 # prepare: queue of expected responses while tracking, else None
         self.setting_vars = False
         self.replication = None         # "physical"/"logical": a dedicated server of one replication client
         self.last_rfq = 0.0             # monotonic time of the last ReadyForQuery (idle_transaction_timeout)
@@ -229,6 +230,9 @@ class Server(asyncio.Protocol):
 
     def _forward(self, data: bytes, client) -> None:
         """HOT: forward server bytes to the client, noticing ReadyForQuery and ParameterStatus."""
+        if self.psq is not None:
+            prepare.server_data(self, data, client)
+            return
         if self.tail:
             data = self.tail + data
             self.tail = b""
@@ -261,6 +265,10 @@ class Server(asyncio.Protocol):
                 name, value = parse_parameter_status(data[pos + 5:end])
                 self.params[name] = value
                 client.vars[name] = value
+            elif t == 67 and (end - pos == 20 or end - pos == 17):   # maybe DEALLOCATE ALL / DISCARD ALL
+                if end > n:
+                    break
+                prepare.command_complete_hot(self, client, data, pos, end)
             pos = end
         if pos >= n:
             self.skip = pos - n
@@ -442,6 +450,8 @@ class Server(asyncio.Protocol):
                 self.internal_error = f.get("M", "error")
             elif mtype == C.B_DATA_ROW and self.internal_rows is not None:
                 self.internal_rows.append(body)
+            elif mtype == C.B_COMMAND_COMPLETE and self.prepared:
+                prepare.deallocate_all_tag(self, body)
             elif mtype == C.B_READY:
                 self.ready = body[:1] == b"I"
                 done, self.internal_done = self.internal_done, None

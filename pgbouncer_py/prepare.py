@@ -1,0 +1,511 @@
+"""Protocol-level prepared statements across server connections in transaction/statement mode
+(max_prepared_statements): per-client name map, global statement ids, per-server LRU, rewriting of
+Parse/Bind/Describe/Close and the ordered queue of expected server responses."""
+
+import struct
+import time
+import weakref
+from collections import deque
+
+from pgbouncer_py.log import log
+from pgbouncer_py.objects import registry
+
+_I32 = struct.Struct("!I")
+_unpack_len = _I32.unpack_from
+
+# client.ps values
+PS_OFF, PS_ON, PS_ACTIVE = 0, 1, 2
+
+# kinds of entries in a server's queue of expected responses (server.psq)
+K_PARSE = 1        # a client's Parse forwarded as is (unnamed): its ParseComplete goes to the client
+K_PARSE_NEW = 2    # a client's named Parse forwarded rewritten: goes to the client; on error undone
+K_PARSE_INJ = 3    # a Parse we injected: its ParseComplete is dropped
+K_BIND = 4
+K_DESCRIBE = 5
+K_CLOSE = 6        # a client's Close forwarded (portal or unnamed statement)
+K_CLOSE_INJ = 7    # eviction Close we sent: its CloseComplete is dropped
+K_EXECUTE = 8
+K_SYNC = 9         # Sync: ends at ReadyForQuery
+K_QUERY = 10       # simple Query / FunctionCall: ends at ReadyForQuery, errors do not skip
+K_UNTRACKED = 11   # ReadyForQuery answers for Query/Sync sent before tracking began (count in entry[1])
+K_SYN_PARSE = 12   # ParseComplete to synthesise (the Parse was not sent: the server has the statement)
+K_SYN_CLOSE = 13   # CloseComplete to synthesise (Close answered by the pooler)
+
+_EXTENDED = frozenset((K_PARSE, K_PARSE_NEW, K_PARSE_INJ, K_BIND, K_DESCRIBE, K_CLOSE, K_CLOSE_INJ, K_EXECUTE,
+                       K_SYN_PARSE, K_SYN_CLOSE))
+# response types that end the answer to a request of each kind
+_ENDS = {
+    K_PARSE: (49,), K_PARSE_NEW: (49,), K_PARSE_INJ: (49,),           # '1'
+    K_BIND: (50,),                                                     # '2'
+    K_DESCRIBE: (84, 110),                                             # 'T' 'n'
+    K_CLOSE: (51,), K_CLOSE_INJ: (51,),                                # '3'
+    K_EXECUTE: (67, 73, 115),                                          # 'C' 'I' 's'
+    K_SYNC: (90,), K_QUERY: (90,), K_UNTRACKED: (90,),                 # 'Z'
+}
+_DROP = (K_PARSE_INJ, K_CLOSE_INJ)
+
+PARSE_COMPLETE = b"1\0\0\0\4"
+CLOSE_COMPLETE = b"3\0\0\0\4"
+
+ERR_IN_USE = "prepared statement name is already in use"
+ERR_MISSING = "prepared statement did not exist"
+ERR_BROKEN = "broken Parse/Bind/Describe/Close packet"
+
+
+class Statement:
+    """One distinct (query text, parameter types), shared by every client that prepares it."""
+
+    __slots__ = ("id", "key", "server_name", "__weakref__")
+
+    def __init__(self, sid: int, key: bytes):
+        self.id = sid
+        self.key = key                       # Parse body after the statement name: query\0 + param types
+        self.server_name = b"PGBOUNCER_%d" % sid
+
+    def parse_message(self) -> bytes:
+        body = self.server_name + b"\0" + self.key
+        return b"P" + _I32.pack(len(body) + 4) + body
+
+
+class Statements:
+    """The global table: a statement lives while a client map or a server LRU refers to it."""
+
+    def __init__(self):
+        self.by_key: weakref.WeakValueDictionary[bytes, Statement] = weakref.WeakValueDictionary()
+        self.next_id = 1
+
+    def get(self, key: bytes) -> Statement:
+        st = self.by_key.get(key)
+        if st is None:
+            st = Statement(self.next_id, key)
+            self.next_id += 1
+            self.by_key[key] = st
+        return st
+
+
+statements = Statements()
+
+
+class PacketError(Exception):
+    """A client message the pooler cannot accept; str(e) is the text sent to the client."""
+
+
+# --- sans-I/O decoding and rewriting of one message body ---
+
+def _cstr_end(body: bytes, pos: int) -> int:
+    end = body.find(b"\0", pos)
+    if end < 0:
+        raise PacketError(ERR_BROKEN)
+    return end
+
+
+def parse_parse(body: bytes) -> tuple[bytes, bytes]:
+    """Parse body -> (statement name, key = the rest: query\\0 + parameter types)."""
+    e = _cstr_end(body, 0)
+    q = _cstr_end(body, e + 1)
+    if len(body) < q + 3:
+        raise PacketError(ERR_BROKEN)
+    return body[:e], body[e + 1:]
+
+
+def parse_bind(body: bytes) -> tuple[bytes, bytes, int]:
+    """Bind body -> (portal, statement name, offset of what follows the statement name)."""
+    p = _cstr_end(body, 0)
+    s = _cstr_end(body, p + 1)
+    return body[:p], body[p + 1:s], s + 1
+
+
+def parse_target(body: bytes) -> tuple[int, bytes]:
+    """Describe/Close body -> (b'S' or b'P' as int, name)."""
+    if len(body) < 2 or body[0] not in (83, 80):
+        raise PacketError(ERR_BROKEN)
+    e = _cstr_end(body, 1)
+    return body[0], body[1:e]
+
+
+def bind_message(portal: bytes, server_name: bytes, rest: bytes) -> bytes:
+    body = portal + b"\0" + server_name + b"\0" + rest
+    return b"B" + _I32.pack(len(body) + 4) + body
+
+
+def target_message(mtype: bytes, kind: int, server_name: bytes) -> bytes:
+    body = bytes((kind,)) + server_name + b"\0"
+    return mtype + _I32.pack(len(body) + 4) + body
+
+
+def close_message(server_name: bytes) -> bytes:
+    return target_message(b"C", 83, server_name)
+
+
+# --- activation ---
+
+def enabled_for(client) -> int:
+    """PS_ON when the feature applies to this client (max_prepared_statements > 0, not session mode)."""
+    cfg = registry.cfg
+    if getattr(cfg, "max_prepared_statements", 0) > 0 and client.pool_mode != "session" and not client.admin:
+        return PS_ON
+    return PS_OFF
+
+
+def activate(client, server) -> None:
+    """Start tracking for this link period: from now on every client message and server answer is queued."""
+    client.ps = PS_ACTIVE
+    q = server.psq
+    if q is None:
+        q = server.psq = deque()
+    if server.expect_rfq > 0:
+        q.append((K_UNTRACKED, server.expect_rfq, None))
+
+
+def deactivate(server, client) -> None:
+    """The server goes back to the pool (its queue is empty): the next link period starts untracked."""
+    server.psq = None
+    if client is not None and client.ps == PS_ACTIVE:
+        client.ps = PS_ON
+
+
+# --- the server's LRU ---
+
+def _server_add(server, st: Statement, out: list, q) -> None:
+    """Record that `st` is being prepared on the server; evict the least recently used beyond the limit."""
+    lru = server.prepared
+    limit = registry.cfg.max_prepared_statements
+    while len(lru) >= limit and lru:
+        old_id = next(iter(lru))
+        old = lru.pop(old_id)
+        out.append(close_message(old.server_name))
+        q.append((K_CLOSE_INJ, old, None))
+    lru[st.id] = st
+
+
+def _ensure_on_server(server, st: Statement, out: list, q, stats) -> None:
+    lru = server.prepared
+    if st.id in lru:
+        del lru[st.id]                   # most recently used goes to the end
+        lru[st.id] = st
+        return
+    _server_add(server, st, out, q)
+    out.append(st.parse_message())
+    q.append((K_PARSE_INJ, st, None))
+    stats.server_parse_count += 1
+
+
+# --- client -> server ---
+
+def client_data(client, data: bytes, server) -> None:
+    """All client bytes while tracking is active (data starts where the previous call stopped)."""
+    if client.tail:
+        data = client.tail + data
+        client.tail = b""
+    n = len(data)
+    pos = client.skip
+    start = 0
+    out: list = []
+    q = server.psq
+    stats = client.pool.db.stats
+    stats.bytes_received += n
+    maxp = client._max_packet
+    try:
+        while pos < n:
+            if pos + 5 > n:
+                break
+            t = data[pos]
+            ln = _unpack_len(data, pos + 1)[0]
+            if ln < 4 or ln > maxp:
+                _write(server, out, data, start, pos)
+                client.close("bad packet header" if ln < 4 else "max_packet_size exceeded", send_error=True)
+                return
+            end = pos + 1 + ln
+            if t == 80 or t == 66 or t == 68 or t == 67:          # P B D C
+                if end > n:
+                    break
+                if pos > start:
+                    out.append(data[start:pos])
+                _start_query(server)
+                _client_message(client, server, t, data[pos + 5:end], data, pos, end, out, q, stats)
+                start = end
+            elif t == 83 or t == 81 or t == 70:                 # Sync, Query, FunctionCall
+                if t == 81 and client.no_pqexec:
+                    _write(server, out, data, start, pos)
+                    client.close("PQexec disallowed", send_error=True)
+                    return
+                server.expect_rfq += 1
+                q.append((K_SYNC if t == 83 else K_QUERY, None, None))
+                _start_query(server)
+            elif t == 69:                                       # Execute
+                q.append((K_EXECUTE, None, None))
+                _start_query(server)
+            elif t == 88:                                       # Terminate
+                _write(server, out, data, start, pos)
+                client.close("client close request")
+                return
+            pos = end
+    except PacketError as e:
+        _write(server, out, data, start, pos)
+        client.close(str(e), send_error=True)
+        return
+    if pos >= n:
+        client.skip = pos - n
+        _write(server, out, data, start, n)
+    else:
+        client.skip = 0
+        client.tail = data[pos:]
+        _write(server, out, data, start, pos)
+    _emit_synth(server, client)
+
+
+def _write(server, out: list, data: bytes, start: int, stop: int) -> None:
+    if stop > start:
+        out.append(data[start:stop] if start or stop < len(data) else data)
+    if out and server.transport is not None:
+        server.transport.write(out[0] if len(out) == 1 else b"".join(out))
+    out.clear()
+
+
+def _start_query(server) -> None:
+    if not server.query_start:
+        now = time.monotonic()
+        server.query_start = now
+        if not server.xact_start:
+            server.xact_start = now
+
+
+def _client_message(client, server, t: int, body: bytes, data: bytes, pos: int, end: int, out: list, q,
+                    stats) -> None:
+    if t == 80:                                                  # Parse
+        name, key = parse_parse(body)
+        if not name:
+            out.append(data[pos:end])
+            q.append((K_PARSE, None, None))
+            return
+        stats.client_parse_count += 1
+        if name in client.prepared:
+            log.info(f"{client.prefix()}prepared statement '{name.decode(errors='replace')}' was already prepared")
+            raise PacketError(ERR_IN_USE)
+        st = statements.get(key)
+        client.prepared[name] = st
+        lru = server.prepared
+        if st.id in lru:
+            del lru[st.id]
+            lru[st.id] = st
+            q.append((K_SYN_PARSE, st, name))
+            return
+        _server_add(server, st, out, q)
+        out.append(st.parse_message())
+        q.append((K_PARSE_NEW, st, name))
+        stats.server_parse_count += 1
+        return
+    if t == 66:                                                  # Bind
+        portal, name, rest_at = parse_bind(body)
+        if not name:
+            out.append(data[pos:end])
+            q.append((K_BIND, None, None))
+            return
+        st = client.prepared.get(name)
+        if st is None:
+            raise PacketError(ERR_MISSING)
+        stats.bind_count += 1
+        _ensure_on_server(server, st, out, q, stats)
+        out.append(bind_message(portal, st.server_name, body[rest_at:]))
+        q.append((K_BIND, None, None))
+        return
+    kind, name = parse_target(body)
+    if kind == 80 or not name:                                   # portal, or the unnamed statement
+        out.append(data[pos:end])
+        q.append((K_DESCRIBE if t == 68 else K_CLOSE, None, None))
+        return
+    if t == 68:                                                  # Describe statement
+        st = client.prepared.get(name)
+        if st is None:
+            raise PacketError(ERR_MISSING)
+        _ensure_on_server(server, st, out, q, stats)
+        out.append(target_message(b"D", 83, st.server_name))
+        q.append((K_DESCRIBE, None, None))
+        return
+    # Close statement: only the client's name goes; the server keeps the statement for others
+    st = client.prepared.pop(name, None)
+    q.append((K_SYN_CLOSE, st, name))
+
+
+def _emit_synth(server, client) -> None:
+    """Answer the synthesised responses at the head of the queue (nothing from the server precedes them)."""
+    q = server.psq
+    if not q or q[0][0] < K_SYN_PARSE:
+        return
+    parts = []
+    while q and q[0][0] >= K_SYN_PARSE:
+        parts.append(PARSE_COMPLETE if q.popleft()[0] == K_SYN_PARSE else CLOSE_COMPLETE)
+    if client.transport is not None:
+        client.transport.write(b"".join(parts))
+
+
+# --- server -> client ---
+
+def server_data(server, data: bytes, client) -> None:
+    """All server bytes while a queue is kept: drop answers to injected requests, add synthesised ones."""
+    from pgbouncer_py import pooling
+    from pgbouncer_py.proto.messages import parse_parameter_status
+    if server.tail:
+        data = server.tail + data
+        server.tail = b""
+    n = len(data)
+    pos = server.skip
+    start = 0
+    q = server.psq
+    out: list = []
+    release = False
+    stats = server.pool.db.stats
+    stats.bytes_sent += n
+    while pos < n:
+        if pos + 5 > n:
+            break
+        t = data[pos]
+        end = pos + 1 + _unpack_len(data, pos + 1)[0]
+        if t == 90 or t == 83 or t == 67 or t == 69:
+            if end > n:
+                break
+        kind = q[0][0] if q else 0
+        if t == 90:                                              # ReadyForQuery
+            while q and q[0][0] not in (K_SYNC, K_QUERY, K_UNTRACKED):
+                q.popleft()                                      # defensive: nothing else answers at 'Z'
+            if q:
+                e = q[0]
+                if e[0] == K_UNTRACKED and e[1] > 1:
+                    q[0] = (K_UNTRACKED, e[1] - 1, None)
+                else:
+                    q.popleft()
+            r = server._ready_for_query(data[pos + 5], stats)
+            if r == 2:
+                out.append(data[start:pos])
+                _flush(client, out)
+                server.tail = b""
+                server.skip = 0
+                pooling.statement_mode_violation(server)
+                return
+            pos = end
+            out.append(data[start:pos])
+            start = pos
+            _synth_into(q, out)
+            release = r == 1 and not q
+            continue
+        if t == 83:                                              # ParameterStatus
+            name, value = parse_parameter_status(data[pos + 5:end])
+            server.params[name] = value
+            client.vars[name] = value
+        elif t == 67 and kind != K_EXECUTE:                      # CommandComplete of a simple Query
+            _command_tag(server, client, data[pos + 5:end])
+        elif t == 69:                                            # ErrorResponse
+            if kind in _EXTENDED:
+                pos = end
+                out.append(data[start:pos])
+                start = pos
+                _error_skip(server, client, q)
+                _synth_into(q, out)
+                continue
+        if kind and t in _ENDS.get(kind, ()):
+            if t == 67:
+                _command_tag(server, client, data[pos + 5:end])
+            e = q.popleft()
+            if e[0] in _DROP:
+                out.append(data[start:pos])
+                start = end
+            pos = end
+            if start < pos:
+                out.append(data[start:pos])
+                start = pos
+            _synth_into(q, out)
+            continue
+        pos = end
+    if pos >= n:
+        server.skip = pos - n
+        if start < n:
+            out.append(data[start:] if start else data)
+    else:
+        server.skip = 0
+        server.tail = data[pos:]
+        if start < pos:
+            out.append(data[start:pos])
+    _flush(client, out)
+    if release:
+        deactivate(server, client)
+        pooling.release_server(server)
+
+
+def _flush(client, out: list) -> None:
+    if out and client.transport is not None:
+        client.transport.write(out[0] if len(out) == 1 else b"".join(out))
+    out.clear()
+
+
+def _synth_into(q, out: list) -> None:
+    while q and q[0][0] >= K_SYN_PARSE:
+        out.append(PARSE_COMPLETE if q.popleft()[0] == K_SYN_PARSE else CLOSE_COMPLETE)
+
+
+def _error_skip(server, client, q) -> None:
+    """An error answered an extended-protocol request: PostgreSQL skips everything up to the next Sync.
+    Undo, newest first, what the skipped requests (and the failed one) would have changed."""
+    skipped = []
+    while q and q[0][0] != K_SYNC:
+        e = q.popleft()
+        if e[0] == K_QUERY:
+            if server.expect_rfq > 0:
+                server.expect_rfq -= 1           # a Query inside a failed pipeline gets no ReadyForQuery
+            continue
+        if e[0] == K_UNTRACKED:
+            q.appendleft(e)
+            break
+        skipped.append(e)
+    lru = server.prepared
+    for kind, st, name in reversed(skipped):
+        if kind == K_PARSE_NEW or kind == K_PARSE_INJ:
+            lru.pop(st.id, None)
+            if kind == K_PARSE_NEW and client.prepared.get(name) is st:
+                del client.prepared[name]
+        elif kind == K_SYN_PARSE:
+            if client.prepared.get(name) is st:
+                del client.prepared[name]
+        elif kind == K_CLOSE_INJ:
+            if st.id not in lru:                  # the statement was not closed: it is the oldest again
+                items = list(lru.items())
+                lru.clear()
+                lru[st.id] = st
+                lru.update(items)
+        elif kind == K_SYN_CLOSE:
+            if st is not None and name not in client.prepared:
+                client.prepared[name] = st
+
+
+def _command_tag(server, client, body: bytes) -> None:
+    if body == b"DEALLOCATE ALL\0" or body == b"DISCARD ALL\0":
+        deallocate_all(server, client)
+
+
+def deallocate_all(server, client) -> None:
+    """DEALLOCATE ALL / DISCARD ALL ran on the server: its statements and the client's names are gone."""
+    if server is not None:
+        server.prepared.clear()
+    if client is not None:
+        client.prepared.clear()
+
+
+def handoff(client, server, data: bytes, pos: int) -> None:
+    """The untracked fast path met Parse/Bind/Describe/Close at `pos` (a message boundary): forward what
+    came before and track the rest of this link period."""
+    if pos:
+        server.transport.write(data[:pos])
+    client.skip = 0
+    client.pool.db.stats.bytes_received -= len(data) - pos      # client_data counts these bytes
+    activate(client, server)
+    client_data(client, data[pos:] if pos else data, server)
+
+
+def command_complete_hot(server, client, data: bytes, pos: int, end: int) -> None:
+    """Called from the untracked fast path for a short CommandComplete that may be DEALLOCATE/DISCARD ALL."""
+    _command_tag(server, client, data[pos + 5:end])
+
+
+def deallocate_all_tag(server, body: bytes) -> None:
+    """CommandComplete of an internal query (server_reset_query): DISCARD ALL drops the server's statements."""
+    if body == b"DEALLOCATE ALL\0" or body == b"DISCARD ALL\0":
+        server.prepared.clear()
