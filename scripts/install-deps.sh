@@ -22,6 +22,7 @@ APT_PACKAGES=(
     procps util-linux ca-certificates
     python3-pampy libpam-pwdfile openssl
     prometheus-pgbouncer-exporter
+    default-jdk-headless libpostgresql-jdbc-java
 )
 
 _say() { printf '[install-deps] %s\n' "$*" >&2; }
