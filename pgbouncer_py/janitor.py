@@ -27,6 +27,7 @@ class Janitor:
         self.handle = None
         self.last_stats = time.monotonic()
         self.old_totals = Stats()
+        self.user_overrides = False     # some [users] entry exists (per-user timeouts to look up)
 
     def start(self) -> None:
         self.handle = registry.loop.call_later(INTERVAL, self.run)
@@ -50,6 +51,7 @@ class Janitor:
             for c in list(registry.login_clients):
                 if now - c.created > cfg.client_login_timeout:
                     c.close("client_login_timeout", send_error=True)
+        self.user_overrides = any(u.conf is not None for u in registry.users.values())
         for pool in list(registry.pools.values()):
             self.visit_pool(pool, now, cfg)
         self.idle_pools(now, cfg)
@@ -107,26 +109,31 @@ class Janitor:
         if pool.waiting_clients and not db.paused and not registry.paused:
             pooling.launch_new_connection(pool)
 
+    _CLIENT_TIMEOUTS = ("client_idle_timeout", "query_timeout", "transaction_timeout", "idle_transaction_timeout")
+
     def active_clients(self, pool, now: float, cfg) -> None:
+        pool_user = pool.user
+        base = tuple(pool_user.setting(a, getattr(cfg, a)) for a in self._CLIENT_TIMEOUTS)
+        if not any(base) and not self.user_overrides:
+            return      # no client timeout configured anywhere: nothing to scan
         for c in list(pool.active_clients):
+            u = c.user
+            if u is None or u is pool_user or u.conf is None:
+                cit, qt, tt, itt = base
+            else:
+                cit, qt, tt, itt = (user_setting(c, pool, a, cfg) for a in self._CLIENT_TIMEOUTS)
             s = c.link
             if s is None:
-                cit = user_setting(c, pool, "client_idle_timeout", cfg)
                 if cit and not c.pending and now - c.idle_since > cit:
                     c.close("client_idle_timeout", send_error=True)
                 continue
             if s.internal_done is not None:
                 continue
-            qt = user_setting(c, pool, "query_timeout", cfg)
             if qt and s.query_start and now - s.query_start > qt:
                 s.close("query timeout")
-                continue
-            tt = user_setting(c, pool, "transaction_timeout", cfg)
-            if tt and s.xact_start and now - s.xact_start > tt:
+            elif tt and s.xact_start and now - s.xact_start > tt:
                 s.close("transaction timeout")
-                continue
-            itt = user_setting(c, pool, "idle_transaction_timeout", cfg)
-            if itt and not s.ready and s.expect_rfq == 0 and s.last_rfq and now - s.last_rfq > itt:
+            elif itt and not s.ready and s.expect_rfq == 0 and s.last_rfq and now - s.last_rfq > itt:
                 s.close("idle transaction timeout")
 
     def login_servers(self, pool, now: float, cfg) -> None:
