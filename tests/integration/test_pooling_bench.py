@@ -16,7 +16,7 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 
 def pgbench(host: str, port: int) -> float:
     env = clean_env({"PGPASSWORD": PASSWORDS["md5user"]})
-    cmd = [str(find_pg_bindir() / "pgbench"), "-n", "-S", "-M", "extended", "-c", str(CLIENTS), "-j", "2",
+    cmd = [str(find_pg_bindir() / "pgbench"), "-n", "-S", "-c", str(CLIENTS), "-j", "2",
            "-T", str(SECONDS), "-h", host, "-p", str(port), "-U", "md5user", "benchdb"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=SECONDS + 120)
     assert r.returncode == 0, r.stderr[-2000:]
