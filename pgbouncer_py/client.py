@@ -475,7 +475,8 @@ class Client(asyncio.Protocol):
                 raise ProtocolError("no more connections allowed (max_client_conn)")
             if self.db.disabled:
                 raise ProtocolError(f'database "{name}" is disabled')
-            if registry.shutting_down:
+            if registry.shutting_down and not (registry.main and registry.main.wait_for_clients):
+                # WAIT_FOR_CLIENTS stopped accepting: whoever got in before that is served
                 raise ProtocolError("pooler is shutting down")
         self.phase = PH_AUTH
         self.reader = MessageReader(max_size=min(cfg.max_packet_size, C.MAX_PASSWORD + 1024))

@@ -249,8 +249,8 @@ class Pooler:
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
     def _on_sighup(self) -> None:
+        log.reopen()        # first, so that logrotate's new file gets this line
         log.info("got SIGHUP, re-reading config")
-        log.reopen()
         self._sd_notify("RELOADING=1")
         self.reload()
         self._sd_notify("READY=1")
