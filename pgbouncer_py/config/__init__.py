@@ -171,24 +171,19 @@ def _invalid(line: IniLine) -> str:
 class Config:
     """An immutable loaded configuration. Every [pgbouncer] setting is an attribute of the same name."""
 
-    __slots__ = ("path", "databases", "users", "peers", "_values")
-
     def __init__(self, path: str, values: dict, databases: dict[str, DatabaseConf] | None = None,
                  users: dict[str, UserConf] | None = None, peers: dict[int, PeerConf] | None = None):
-        object.__setattr__(self, "path", path)
-        object.__setattr__(self, "_values", dict(values))
-        object.__setattr__(self, "databases", dict(databases or {}))
-        object.__setattr__(self, "users", dict(users or {}))
-        object.__setattr__(self, "peers", dict(peers or {}))
+        d = self.__dict__
+        # settings live in the instance dict, so `cfg.pool_mode` is a plain (fast) attribute read
+        d.update(values)
+        d["path"] = path
+        d["_values"] = dict(values)
+        d["databases"] = dict(databases or {})
+        d["users"] = dict(users or {})
+        d["peers"] = dict(peers or {})
 
     def __setattr__(self, name, value):
         raise AttributeError("Config is immutable; use with_setting()")
-
-    def __getattr__(self, name: str):
-        try:
-            return object.__getattribute__(self, "_values")[name]
-        except KeyError:
-            raise AttributeError(name) from None
 
     def __repr__(self) -> str:
         return f"<Config {self.path!r}: {len(self.databases)} databases, {len(self.users)} users>"
