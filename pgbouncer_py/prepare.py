@@ -202,6 +202,9 @@ def client_data(client, data: bytes, server) -> None:
     start = 0
     out: list = []
     q = server.psq
+    if q is None:                       # a new server for a client that was tracking: start again
+        activate(client, server)
+        q = server.psq
     stats = client.pool.db.stats
     stats.bytes_received += n
     maxp = client._max_packet
