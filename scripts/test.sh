@@ -87,10 +87,15 @@ run_pytest() {  # name, then the command to run
 }
 
 if [ "$(id -u)" -eq 0 ]; then
+    # The unprivileged run gets a clean environment: only these variables pass from ours.
+    declare -a PASS_ENV=(LANG="${LANG:-C.UTF-8}")
+    for v in $(compgen -e); do
+        case "$v" in CI|TERM|LC_*|PGBTEST_*|PGBOUNCER_C_BIN|PG_BINDIR|HYPOTHESIS_*) PASS_ENV+=("$v=${!v}") ;; esac
+    done
     mkdir -p "$RUN_TMP/user" "$RUN_TMP/root"
     chown "$PGBTEST_USER:" "$RUN_TMP/user"
     run_pytest "as $PGBTEST_USER, -m 'not root'" "$RUN_TMP/user/junit.xml" \
-        timeout --foreground -k 30 "$USER_LIMIT" runuser -u "$PGBTEST_USER" -- env \
+        timeout --foreground -k 30 "$USER_LIMIT" runuser -u "$PGBTEST_USER" -- env -i "${PASS_ENV[@]}" \
             HOME="$PGBTEST_HOME" TMPDIR="$RUN_TMP/user" USER="$PGBTEST_USER" LOGNAME="$PGBTEST_USER" \
             PATH="$SAFE_PATH" PYTHONDONTWRITEBYTECODE=1 \
             "$PY" -m pytest "${PYTEST_OPTS[@]}" -m "not root" --junitxml="$RUN_TMP/user/junit.xml" "$@"

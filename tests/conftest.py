@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pgutil import C_PGBOUNCER, PgCluster, PoolerFactory  # noqa: E402
+from pgutil import PgCluster, PoolerFactory  # noqa: E402
 
 try:  # hypothesis keeps an example database in the working directory by default: not in our repo
     from hypothesis import settings as _hyp_settings
@@ -132,8 +132,6 @@ def pooler(pooler_factory: PoolerFactory):
 @pytest.fixture
 def c_pooler(pooler_factory: PoolerFactory):
     """Debian's PgBouncer with the default settings in front of `pg` (for side-by-side comparisons)."""
-    if not os.access(C_PGBOUNCER, os.X_OK):
-        pytest.skip(f"{C_PGBOUNCER} not installed")
     return pooler_factory.start(binary="c")
 
 

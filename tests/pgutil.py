@@ -115,6 +115,19 @@ def find_pg_bindir() -> Path:
     return found[-1].parent
 
 
+def check_c_pgbouncer() -> None:
+    """Fail loudly unless C_PGBOUNCER is a native executable (a package test may have put a launcher there)."""
+    try:
+        with open(C_PGBOUNCER, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise HarnessError(f"Debian's PgBouncer is not usable at {C_PGBOUNCER}: {exc} "
+                           "(apt install pgbouncer; scripts/install-deps.sh does it)") from exc
+    if magic != b"\x7fELF" or not os.access(C_PGBOUNCER, os.X_OK):
+        raise HarnessError(f"{C_PGBOUNCER} is not Debian's PgBouncer binary (not an ELF executable): "
+                           "reinstall the pgbouncer package, or point PGBOUNCER_C_BIN at the real one")
+
+
 def quote_connstr_value(value: Any) -> str:
     """Quote a value for a libpq / [databases] key=value string when it needs it."""
     text = str(value)
@@ -695,6 +708,7 @@ class PoolerFactory:
         if binary == "py":
             cmd = [self.python, "-m", "pgbouncer_py", *extra_args, str(ini_path)]
         else:
+            check_c_pgbouncer()
             cmd = [C_PGBOUNCER, *extra_args, str(ini_path)]
         pooler = Pooler(name=name, binary=binary, cmd=cmd, workdir=workdir, ini_path=ini_path, settings=settings,
                         userlist=None if isinstance(userlist, str) else userlist)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
+import pgutil
 import psycopg
 import pytest
 from pgutil import PASSWORDS, HarnessError, connstr, wait_until
@@ -41,6 +42,21 @@ def test_wait_until_times_out_with_message(ignore):
 
     with pytest.raises(AssertionError, match=r"timed out after 0.1s waiting for the moon"):
         wait_until(never, timeout=0.1, interval=0.01, message="the moon", ignore=ignore)
+
+
+@pytest.mark.parametrize(("content", "mode", "error"), [
+    (b"#!/bin/sh\nexec python3 -m pgbouncer_py \"$@\"\n", 0o755, "not Debian's PgBouncer binary"),
+    (b"\x7fELF....", 0o644, "not Debian's PgBouncer binary"),
+    (None, None, "not usable"),
+])
+def test_c_binary_must_be_a_native_executable(tmp_path, monkeypatch, content, mode, error):
+    fake = tmp_path / "pgbouncer"
+    if content is not None:
+        fake.write_bytes(content)
+        fake.chmod(mode)
+    monkeypatch.setattr(pgutil, "C_PGBOUNCER", str(fake))
+    with pytest.raises(HarnessError, match=error):
+        pgutil.check_c_pgbouncer()
 
 
 # -- PostgreSQL cluster ---------------------------------------------------------------------------
