@@ -81,15 +81,17 @@ def test_psycopg_pipeline_with_error_and_unnamed_statements(pooler_factory, mode
         cur1 = c.execute("select %s::int + 1", [1])
         cur2 = c.execute("select %s::text", ["x"])
         pl.sync()
-        cur3 = c.execute("select 1/%s::int", [0])
-        c.execute("select 'never'")
-        with pytest.raises(psycopg.errors.DivisionByZero):
-            pl.sync()
-        cur4 = c.execute("select %s::int * 3", [5])
+        cur3 = c.execute("select %s::int * 2", [4])
     assert cur1.fetchone() == (2,)
     assert cur2.fetchone() == ("x",)
-    with pytest.raises(psycopg.ProgrammingError):
-        cur3.fetchone()
+    assert cur3.fetchone() == (8,)
+    # an error in the middle of a pipeline: the server skips to the Sync, the pipeline is aborted
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        with c.pipeline():
+            c.execute("select 1/%s::int", [0])
+            c.execute("select 'never'")
+    with c.pipeline():
+        cur4 = c.execute("select %s::int * 3", [5])
     assert cur4.fetchone() == (15,)
     # the server went back to the pool in a clean state: the other client can use it
     assert other.execute("select %s::int", [7]).fetchone() == (7,)
