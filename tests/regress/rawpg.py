@@ -159,7 +159,9 @@ def alive_and_serving(pooler, timeout: float = 15.0) -> None:
             return c.execute("select 1").fetchone()[0] == 1
     wait_until(ok, timeout=timeout, ignore=(psycopg.OperationalError,), message="a query through the pooler")
     assert pooler.is_running(), "pooler process died"
-    assert "Traceback" not in pooler.log(), pooler.log()[-3000:]
+    log = pooler.log()
+    for bad in ("Traceback", "internal error", "Exception in callback", "exception was never retrieved"):
+        assert bad not in log, f"{bad!r} in the pooler log:\n{log[-3000:]}"
 
 
 def elapsed_since(t0: float) -> float:

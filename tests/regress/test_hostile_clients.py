@@ -156,10 +156,11 @@ def test_thousand_connects_beyond_max_client_conn(pooler_factory):
         c = Conn(p.host, p.port)
         c.send(startup("md5user", "testdb"))
         conns.append(c)
-    for c in conns:
+    for c in conns:                   # read every answer before closing any (a close frees a slot)
         m = c.read_msg()              # an error, or EOF when the close raced the error
         if m is not None and m[0] == b"R":
             admitted += 1
+    for c in conns:
         c.close()
     assert admitted <= 15
     for h in held:
@@ -184,3 +185,78 @@ def test_rst_during_long_query_frees_the_server(pooler_factory, pg):
     with psycopg.connect(p.dsn(), autocommit=True, connect_timeout=10) as other:
         assert other.execute("select 'mine'").fetchone()[0] == "mine"
     alive_and_serving(p)
+
+
+BROKEN_EXTENDED = {
+    "parse without terminators": msg(b"P", b"stmt"),
+    "parse without type count": msg(b"P", b"s1\0select 1\0"),
+    "bind of unknown statement": msg(b"B", b"\0nosuch\0\0\0\0\0\0\0") + msg(b"S"),
+    "bind without terminators": msg(b"B", b"portal"),
+    "describe bad kind": msg(b"D", b"Xname\0") + msg(b"S"),
+    "close without name": msg(b"C", b"S"),
+    "execute short": msg(b"E", b"\0") + msg(b"S"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_EXTENDED))
+@pytest.mark.parametrize("prepared", [0, 10])
+def test_broken_extended_protocol_messages(pooler_factory, case, prepared):
+    """Malformed Parse/Bind/Describe/Close/Execute, with and without prepared-statement tracking: the client
+    gets an error (from the pooler or PostgreSQL), other clients and the pool are unaffected."""
+    p = pooler_factory.start({"pool_mode": "transaction", "default_pool_size": 1,
+                              "max_prepared_statements": prepared})
+    c = Conn(p.host, p.port)
+    c.login("md5user", "testdb", "md5pass")
+    c.send(BROKEN_EXTENDED[case] + msg(b"S"))
+    assert c.read_until_error_or_eof() is not None
+    c.close()
+    with psycopg.connect(p.dsn(), autocommit=True, connect_timeout=10) as other:
+        assert other.execute("select 1", prepare=True).fetchone()[0] == 1
+    alive_and_serving(p)
+
+
+@pytest.mark.parametrize("data", [
+    msg(b"P", b"x"), msg(b"B", b"\0\0\0"), msg(b"D", b"P"), msg(b"E", b""), msg(b"Z", b""), msg(b"\xff", b"a" * 10),
+    msg(b"Q", b"SHOW"), msg(b"Q", b"SET a"), msg(b"Q", b"KILL \"\0"),
+])
+def test_console_survives_broken_messages(pooler, data):
+    c = Conn(pooler.host, pooler.port)
+    c.login("pgbouncer", "pgbouncer", "adminpass")
+    c.send(data + msg(b"S"))
+    c.sock.settimeout(5)
+    try:
+        c.read_until_error_or_eof()
+    except TimeoutError:
+        pass            # an incomplete extended-protocol exchange may simply wait for more
+    c.close()
+    assert pooler.admin("SHOW VERSION")
+    alive_and_serving(pooler)
+
+
+@pytest.mark.parametrize("phase", ["startup", "auth", "work"])
+def test_random_framed_messages_over_sockets(pooler_factory, phase):
+    """Seeded random messages (valid framing, random types and bodies) at each phase of a connection."""
+    import random
+    p = pooler_factory.start({"pool_mode": "transaction", "default_pool_size": 2, "max_prepared_statements": 5})
+    rnd = random.Random(f"pgb-{phase}")
+    for _ in range(25):
+        c = Conn(p.host, p.port)
+        if phase == "auth":
+            c.send(startup("md5user", "testdb"))
+            assert c.read_msg()[0] == b"R"
+        elif phase == "work":
+            c.login("md5user", "testdb", "md5pass")
+        blob = b"".join(msg(bytes([rnd.choice(b"QPBEDSCFHdcfpX\0\xff")]),
+                            bytes(rnd.getrandbits(8) for _ in range(rnd.randint(0, 40))))
+                        for _ in range(rnd.randint(1, 6)))
+        if phase == "startup":
+            blob = struct.pack("!I", len(blob) + 8) + struct.pack("!I", 196608) + blob
+        c.sock.settimeout(10)
+        try:
+            c.send(blob)
+            c.sock.recv(65536)
+        except (OSError, TimeoutError):
+            pass
+        c.reset()
+    alive_and_serving(p)
+    wait_until(lambda: p.admin_dicts("SHOW POOLS")[0] is not None)
