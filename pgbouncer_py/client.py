@@ -116,6 +116,8 @@ class Client(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.phase == PH_WORK and not self.admin:
             server = self.link
+            if server is None and not self.pending and data[0] != 88:
+                server = pooling.link_idle_fast(self)
             if server is not None and not self.pending and server.internal_done is None:
                 self._forward(data, server)
             else:

@@ -110,6 +110,20 @@ class Pool:
         self.auth_waiters: list = []     # auth_query lookups waiting for a server (auth/auth_query.py)
         self.created = time.monotonic()
         self.last_active = time.monotonic()
+        # state -> the list (dict used as an ordered set) holding sockets in that state
+        self.client_lists = {state: getattr(self, name) for state, name in CLIENT_LISTS.items()}
+        self.server_lists = {state: getattr(self, name) for state, name in SERVER_LISTS.items()}
+        self._lifetime_cfg = None
+        self._lifetime_db_conf = None
+        self._lifetime = 0.0
+
+    def server_lifetime(self, cfg) -> float:
+        """Effective server_lifetime (database setting over the global one), cached per config object."""
+        if self._lifetime_cfg is not cfg or self._lifetime_db_conf is not self.db.conf:
+            self._lifetime = self.db.setting("server_lifetime", cfg.server_lifetime)
+            self._lifetime_cfg = cfg
+            self._lifetime_db_conf = self.db.conf
+        return self._lifetime
 
     def server_count(self) -> int:
         return (len(self.login_servers) + len(self.idle_servers) + len(self.active_servers) + len(self.used_servers)
@@ -206,26 +220,32 @@ registry = Registry()
 def set_client_state(client, new_state: str) -> None:
     """Move a client to the list of new_state (the only code that does it)."""
     old = client.state
+    pool = client.pool
     if old == CL_LOGIN:
         registry.login_clients.pop(client, None)
-    elif old in CLIENT_LISTS and client.pool is not None:
-        getattr(client.pool, CLIENT_LISTS[old]).pop(client, None)
+    elif pool is not None:
+        lst = pool.client_lists.get(old)
+        if lst is not None:
+            lst.pop(client, None)
     client.state = new_state
     if new_state == CL_LOGIN:
         registry.login_clients[client] = None
-    elif new_state in CLIENT_LISTS:
-        getattr(client.pool, CLIENT_LISTS[new_state])[client] = None
+    elif pool is not None:
+        lst = pool.client_lists.get(new_state)
+        if lst is not None:
+            lst[client] = None
 
 
 def set_server_state(server, new_state: str) -> None:
     """Move a server to the list of new_state (the only code that does it)."""
-    old = server.state
-    pool = server.pool
-    if old in SERVER_LISTS:
-        getattr(pool, SERVER_LISTS[old]).pop(server, None)
+    lists = server.pool.server_lists
+    lst = lists.get(server.state)
+    if lst is not None:
+        lst.pop(server, None)
     server.state = new_state
-    if new_state in SERVER_LISTS:
-        getattr(pool, SERVER_LISTS[new_state])[server] = None
+    lst = lists.get(new_state)
+    if lst is not None:
+        lst[server] = None
     if new_state == SV_IDLE:
         server.idle_since = time.monotonic()
 

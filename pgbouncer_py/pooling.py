@@ -143,6 +143,33 @@ def activate_client(client) -> None:
     launch_new_connection(pool)
 
 
+def link_idle_fast(client):
+    """HOT: the common start of a transaction — an idle server that needs no check and no SET. Links it and
+    returns it, or returns None and leaves everything as it was (the caller then takes the general path)."""
+    pool = client.pool
+    idle = pool.idle_servers
+    if not idle or client.state != CL_ACTIVE or client.replication != "none":
+        return None
+    if pool.db.paused or registry.paused or registry.suspended:
+        return None
+    cfg = registry.cfg
+    server = next(iter(idle)) if cfg.server_round_robin else next(reversed(idle))
+    now = time.monotonic()
+    delay = cfg.server_check_delay
+    if delay is not None and delay >= 0 and now - server.idle_since >= delay:
+        return None
+    if not client.vars.items() <= server.params.items():
+        return None
+    stats = pool.db.stats
+    stats.server_assignment_count += 1
+    set_server_state(server, SV_ACTIVE)
+    client.link = server
+    server.link = client
+    server.request_time = client.request_time = time.time()
+    pool.last_active = now
+    return server
+
+
 def _launch_replication_server(client) -> None:
     """Replication connections are never pooled: the client waits for a server logged in just for it."""
     from pgbouncer_py.server import Server
@@ -207,6 +234,10 @@ def link(client, server) -> None:
     if server.replication is not None:      # walsenders accept no SET
         client.link_ready()
         return
+    if client.vars.items() <= server.params.items():
+        # the usual case: every value the client set is already what the server has (one C-level check)
+        client.link_ready()
+        return
     sql = varcache.set_statements(tracked_params(registry.cfg), client.vars, server.params)
     if sql:
         log.debug(f"{server.prefix()}varcache_apply: {sql}")
@@ -255,18 +286,18 @@ def server_available(server) -> None:
     if not server.ready:
         server.close("server not ready at release")
         return
-    reason = stale_reason(server)
-    if reason:
-        server.close(reason)
-        return
-    lifetime = pool.db.setting("server_lifetime", cfg.server_lifetime)
+    if server.close_needed or pool.db.dirty:
+        reason = stale_reason(server)
+        if reason:
+            server.close(reason)
+            return
+    lifetime = pool.server_lifetime(cfg)
     if lifetime and now - server.created > lifetime and _lifetime_close_allowed(pool, now, lifetime):
         server.close("server lifetime over")
         return
     if pool.db.paused or registry.paused:
-        if registry.paused or pool.db.paused:
-            set_server_state(server, SV_IDLE)
-            return
+        set_server_state(server, SV_IDLE)
+        return
     if pool.auth_waiters:
         from pgbouncer_py.auth import auth_query
         if auth_query.give_server(server):
