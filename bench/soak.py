@@ -86,7 +86,8 @@ class Soak:
             out = proc.stdout + proc.stderr
             tx = _int(r"number of transactions actually processed: (\d+)", out)
             failed = _int(r"number of failed transactions: (\d+)", out)
-            aborted = len(re.findall(r"client \d+ aborted", out))
+            # "client 3 aborted in command ..." (pgbench < 15) or "client 3 script 0 aborted in command ..."
+            aborted = len(re.findall(r"client \d+ (?:script \d+ )?aborted", out))
             with self.lock:
                 t = self.totals[name]
                 t["segments"] += 1
@@ -204,7 +205,8 @@ class Soak:
             "minutes": round(duration / 60, 2),
             "workloads": self.totals,
             "transactions": sum(t["tx"] for t in self.totals.values()),
-            "failed_transactions": sum(t["failed"] for t in self.totals.values()),
+            # a pgbench client aborts on the error of its transaction in flight: one failed transaction each
+            "failed_transactions": sum(t["failed"] + t["aborted_clients"] for t in self.totals.values()),
             "aborted_clients": sum(t["aborted_clients"] for t in self.totals.values()),
             "faults": self.faults,
             "fault_errors": self.fault_errors[:20],
