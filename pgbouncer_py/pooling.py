@@ -278,34 +278,34 @@ def release_server(server) -> None:
 
 def server_available(server) -> None:
     """A server that is ready and unlinked: close it if it must go, give it to a waiting client, or idle it."""
-    pool = server.pool
-    cfg = registry.cfg
-    now = time.monotonic()
     if server.closed:
         return
     if not server.ready:
         server.close("server not ready at release")
         return
-    if server.close_needed or pool.db.dirty:
+    pool = server.pool
+    db = pool.db
+    if server.close_needed or db.dirty:
         reason = stale_reason(server)
         if reason:
             server.close(reason)
             return
-    lifetime = pool.server_lifetime(cfg)
-    if lifetime and now - server.created > lifetime and _lifetime_close_allowed(pool, now, lifetime):
+    lifetime = pool.server_lifetime(registry.cfg)
+    if lifetime and time.monotonic() - server.created > lifetime:
         server.close("server lifetime over")
         return
-    if pool.db.paused or registry.paused:
+    if db.paused or registry.paused:
         set_server_state(server, SV_IDLE)
         return
     if pool.auth_waiters:
         from pgbouncer_py.auth import auth_query
         if auth_query.give_server(server):
             return
-    for client in pool.waiting_clients:
-        if client.state == CL_WAITING and client.replication == "none":
-            link(client, server)
-            return
+    if pool.waiting_clients:
+        for client in pool.waiting_clients:
+            if client.state == CL_WAITING and client.replication == "none":
+                link(client, server)
+                return
     set_server_state(server, SV_IDLE)
 
 
@@ -317,11 +317,6 @@ def stale_reason(server) -> str | None:
     if server.close_needed:
         return "database configuration changed" if db.dirty else "close_needed"
     return None
-
-
-def _lifetime_close_allowed(pool, now: float, lifetime: float) -> bool:
-    # spread closes so the whole pool does not reconnect at once
-    return True
 
 
 def server_login_done(server) -> None:
