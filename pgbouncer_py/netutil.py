@@ -12,6 +12,9 @@ def addr_of(transport) -> tuple[str, int, bool]:
         return "unix", 0, True
     if isinstance(peer, tuple) and len(peer) >= 2:
         return peer[0], peer[1], False
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        # a TCP peer that reset before we asked has no name: it is still TCP, never a unix-socket client
+        return ("::" if sock.family == socket.AF_INET6 else "0.0.0.0"), 0, False
     return "unix", 0, True
 
 

@@ -260,3 +260,17 @@ def test_random_framed_messages_over_sockets(pooler_factory, phase):
         c.reset()
     alive_and_serving(p)
     wait_until(lambda: p.admin_dicts("SHOW POOLS")[0] is not None)
+
+
+def test_tcp_client_reset_before_accept_is_not_taken_for_unix(pooler_factory):
+    """Found by the soak run: a TCP client that sent its packet and reset before the pooler looked at the
+    connection had no peer name and was classified as a unix-socket client (logged '@unix:', and matched
+    against 'local' hba rules). The socket family decides, not the peer name."""
+    p = pooler_factory.start()
+    for _ in range(150):
+        c = Conn(p.host, p.port)
+        c.send(struct.pack("!I", 4))
+        c.reset()
+    alive_and_serving(p)
+    wait_until(lambda: p.log().count("bad packet header") >= 10, message="the bad packets were handled")
+    assert "@unix:" not in p.log(), [ln for ln in p.log().splitlines() if "@unix:" in ln][:3]
