@@ -114,16 +114,16 @@ class Client(asyncio.Protocol):
             control.hold_transport(transport)     # SUSPEND: not read until RESUME
 
     def data_received(self, data: bytes) -> None:
-        if self.phase == PH_WORK and not self.admin:
-            server = self.link
-            if server is None and not self.pending and data[0] != 88:
-                server = pooling.link_idle_fast(self)
-            if server is not None and not self.pending and server.internal_done is None:
-                self._forward(data, server)
-            else:
-                self._queue_data(data)
-            return
         try:
+            if self.phase == PH_WORK and not self.admin:
+                server = self.link
+                if server is None and not self.pending and data[0] != 88:
+                    server = pooling.link_idle_fast(self)
+                if server is not None and not self.pending and server.internal_done is None:
+                    self._forward(data, server)
+                else:
+                    self._queue_data(data)
+                return
             if self._tls_pending:
                 # decrypted bytes that arrive before _start_tls has looked at the new transport
                 self.startup_buf += data

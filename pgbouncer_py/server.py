@@ -215,12 +215,12 @@ class Server(asyncio.Protocol):
 
     # --- incoming data ---
     def data_received(self, data: bytes) -> None:
-        if self.phase == PH_WORK and self.internal_done is None:
-            client = self.link
-            if client is not None:
-                self._forward(data, client)
-                return
         try:
+            if self.phase == PH_WORK and self.internal_done is None:
+                client = self.link
+                if client is not None:
+                    self._forward(data, client)
+                    return
             self._slow_path(data)
         except ProtocolError as e:
             self.close(f"server sent bad packet: {e}")
