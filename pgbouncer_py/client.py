@@ -37,6 +37,15 @@ CANONICAL = {"client_encoding": "client_encoding", "datestyle": "DateStyle", "ti
 class Client(asyncio.Protocol):
     """One client connection."""
 
+    # slots keep an idle client small (bytes per idle client, issue 11); anything else lands in __dict__
+    __slots__ = ("_max_packet", "_tls_pending", "addr", "admin", "admin_level", "auth", "cancel_key",
+                 "closing_reason", "connect_time", "console", "counted_db", "counted_user", "created", "db",
+                 "dbname", "id", "idle_since", "is_unix", "link", "listener", "local_addr", "no_pqexec",
+                 "paused_peer", "paused_reading", "peer_cert", "peer_pid", "peer_uid", "pending", "phase",
+                 "pool", "pool_mode", "port", "prepared", "ps", "reader", "replication", "request_time",
+                 "skip", "startup_buf", "startup_params", "state", "tail", "tls", "transport", "user",
+                 "username", "vars", "wait_notified", "wait_start", "__dict__", "__weakref__")
+
     def __init__(self, listener=None):
         self.listener = listener
         self.state = None
@@ -86,6 +95,7 @@ class Client(asyncio.Protocol):
         self.idle_since = self.created    # monotonic: when the client last became unlinked (client_idle_timeout)
         self.wait_notified = False        # query_wait_notify NOTICE sent for the current wait
         self.no_pqexec = False            # disable_pqexec
+        self._max_packet = 2147483647
 
     # --- identification ---
     def prefix(self) -> str:
@@ -497,6 +507,8 @@ class Client(asyncio.Protocol):
             self.auth.message(m[0], m[1])
         if self.phase == PH_WAIT_LOGIN or self.phase == PH_WORK:
             rest = self.reader.take_rest()
+            if not self.admin:
+                self.reader = None        # only the console reads messages one by one after login
             if rest:
                 self.data_received(rest)
 
@@ -581,8 +593,6 @@ class Client(asyncio.Protocol):
             self.pending.clear()
             self._resume()
             self.data_received(data)
-
-    _max_packet = 2147483647
 
     # --- admin console ---
     def _admin_data(self, data: bytes) -> None:

@@ -38,6 +38,22 @@ def new_event_loop():
         return asyncio.new_event_loop()
 
 
+def preload_modules() -> None:
+    """Import every module of the package now: a lazy import later would need a file descriptor and fail
+    exactly when they have run out (max open files), turning a refused connection into an internal error."""
+    import importlib
+    import pkgutil
+
+    import pgbouncer_py
+    for mod in pkgutil.walk_packages(pgbouncer_py.__path__, "pgbouncer_py."):
+        if mod.name.endswith("__main__"):
+            continue
+        try:
+            importlib.import_module(mod.name)
+        except ImportError as e:          # optional dependency missing (e.g. PAM): used only when configured
+            log.debug(f"module {mod.name} not loaded: {e}")
+
+
 class Pooler:
     """The running process: owns the listeners and applies config changes."""
 
@@ -190,6 +206,7 @@ class Pooler:
         registry.loop = loop
         registry.main = self
         self.done = loop.create_future()
+        preload_modules()
         self.apply_config(self.cfg)
         auth_problem = login.config_error(self.cfg)
         if auth_problem:

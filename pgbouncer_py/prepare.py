@@ -83,7 +83,39 @@ class Statements:
         return st
 
 
+    def adopt(self, sid: int, key: bytes) -> Statement:
+        """A statement inherited from the old process (online restart) keeps its id, hence its server name."""
+        st = self.by_key.get(key)
+        if st is None:
+            st = Statement(sid, key)
+            self.by_key[key] = st
+        self.next_id = max(self.next_id, sid + 1)
+        return st
+
+
 statements = Statements()
+
+
+# --- online restart (-R): the maps travel with the sockets ---
+
+def export_client(client) -> dict:
+    return {"ps": client.ps, "names": {name.hex(): [st.id, st.key.hex()] for name, st in client.prepared.items()}}
+
+
+def export_server(server) -> list:
+    return [[st.id, st.key.hex()] for st in server.prepared.values()]
+
+
+def import_client(client, data: dict | None) -> None:
+    client.ps = enabled_for(client)
+    for name, (sid, key) in ((data or {}).get("names") or {}).items():
+        client.prepared[bytes.fromhex(name)] = statements.adopt(sid, bytes.fromhex(key))
+
+
+def import_server(server, data: list | None) -> None:
+    for sid, key in data or ():
+        st = statements.adopt(sid, bytes.fromhex(key))
+        server.prepared[st.id] = st
 
 
 class PacketError(Exception):

@@ -11,6 +11,7 @@ import socket
 import struct
 import time
 
+from pgbouncer_py import prepare
 from pgbouncer_py.log import log
 from pgbouncer_py.objects import (
     CL_ACTIVE,
@@ -162,7 +163,8 @@ def state_rows() -> list[list]:
               "startup_params": c.startup_params, "cancel_key": c.cancel_key.hex(), "pending": bytes(c.pending).hex(),
               "tail": c.tail.hex(), "skip": c.skip, "created": c.created, "connect_time": c.connect_time,
               "request_time": c.request_time, "wait_start": c.wait_start, "paused_reading": c.paused_reading,
-              "link": _sock_fd(c.link.transport) if c.link is not None else 0}
+              "link": _sock_fd(c.link.transport) if c.link is not None else 0,
+              "prepared": prepare.export_client(c)}
         rows.append([_sock_fd(c.transport), json.dumps(st)])
     for s in servers:
         st = {"kind": "server", "db": s.pool.db.name, "user": s.pool.user.name, "host": s.host, "port": s.port,
@@ -171,7 +173,8 @@ def state_rows() -> list[list]:
               "tail": s.tail.hex(), "skip": s.skip, "pending": s.reader.take_rest().hex(),
               "query_start": s.query_start, "xact_start": s.xact_start, "created": s.created,
               "connect_time": s.connect_time, "request_time": s.request_time, "idle_since": s.idle_since,
-              "close_needed": s.close_needed, "link": _sock_fd(s.link.transport) if s.link is not None else 0}
+              "close_needed": s.close_needed, "link": _sock_fd(s.link.transport) if s.link is not None else 0,
+              "prepared": prepare.export_server(s)}
         rows.append([_sock_fd(s.transport), json.dumps(st)])
     pools = [{"db": p.db.name, "user": p.user.name, "welcome_params": p.welcome_params}
              for p in registry.pools.values() if not p.db.admin and p.welcome_params is not None]
@@ -534,6 +537,7 @@ def _server_from_row(fd: int, r: dict, st: dict | None, sock: socket.socket):
     for attr in ("created", "connect_time", "request_time", "idle_since", "close_needed"):
         if attr in st:
             setattr(s, attr, st[attr])
+    prepare.import_server(s, st.get("prepared"))
     s._takeover = st
     return s
 
@@ -568,6 +572,7 @@ def _client_from_row(fd: int, r: dict, st: dict | None, listeners):
     for attr in ("created", "connect_time", "request_time", "wait_start"):
         if attr in st:
             setattr(c, attr, st[attr])
+    prepare.import_client(c, st.get("prepared"))
     c._takeover = st
     return c
 

@@ -465,7 +465,8 @@ class Pooler:
                     raise HarnessError(f"pooler {self.name} exited with code {self.proc.returncode} while starting\n"
                                        f"{self.describe()}")
                 self._adopt_daemon()  # the daemon writes its pidfile a moment after the parent exits
-            if self.listening():
+            # a daemon binds before it forks: only the daemon's own pid (from its pidfile) counts as ready
+            if (self._daemon_pid is not None or not self._daemonized()) and self.listening():
                 listening_since = listening_since or time.monotonic()
                 if "process up" in self.log() or time.monotonic() - listening_since > 1.0:
                     return

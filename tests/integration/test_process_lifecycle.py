@@ -198,7 +198,7 @@ def test_root_switches_user_after_binding_privileged_port(how):
     assert r.returncode == 0, r.stderr
     pid = wait_until(lambda: int((work / "pgb.pid").read_text()), 20, ignore=(FileNotFoundError, ValueError))
     try:
-        wait_until(lambda: "process up" in (work / "pgb.log").read_text(), 10)
+        wait_until(lambda: "process up" in (work / "pgb.log").read_text(), 10, ignore=(FileNotFoundError,))
         status = Path(f"/proc/{pid}/status").read_text()
         uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
         assert uid_line.split()[1:] == [str(pw.pw_uid)] * 4      # real, effective, saved, fs
