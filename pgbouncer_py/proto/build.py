@@ -1,5 +1,6 @@
 """Encoders for the protocol messages the pooler originates itself (errors, auth, console rows)."""
 
+import functools
 import struct
 
 _I32 = struct.Struct("!I")
@@ -39,7 +40,9 @@ def auth_request(code: int, extra: bytes = b"") -> bytes:
     return msg(b"R", _I32.pack(code) + extra)
 
 
+@functools.lru_cache(maxsize=4096)
 def parameter_status(name: str, value: str) -> bytes:
+    """Cached: every login sends the same dozen or so (name, value) pairs."""
     return msg(b"S", cstr(name) + cstr(value))
 
 
