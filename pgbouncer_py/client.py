@@ -9,6 +9,7 @@ from pgbouncer_py import pooling, prepare
 from pgbouncer_py.auth import login
 from pgbouncer_py.log import log
 from pgbouncer_py.net import tls
+from pgbouncer_py.net.flow import LinkedFlow
 from pgbouncer_py.netutil import addr_of, format_addr, local_addr_of, peer_cred, tune_tcp
 from pgbouncer_py.objects import (
     CL_ACTIVE,
@@ -34,7 +35,7 @@ CANONICAL = {"client_encoding": "client_encoding", "datestyle": "DateStyle", "ti
              "application_name": "application_name", "intervalstyle": "IntervalStyle"}
 
 
-class Client(asyncio.Protocol):
+class Client(LinkedFlow, asyncio.Protocol):
     """One client connection."""
 
     # slots keep an idle client small (bytes per idle client, issue 11); anything else lands in __dict__
@@ -261,19 +262,6 @@ class Client(asyncio.Protocol):
         if self.paused_reading and self.transport is not None:
             self.paused_reading = False
             self.transport.resume_reading()
-
-    # --- flow control towards the linked server ---
-    def pause_writing(self) -> None:
-        s = self.link
-        if s is not None and s.transport is not None:
-            s.transport.pause_reading()
-            self.paused_peer = True
-
-    def resume_writing(self) -> None:
-        s = self.link
-        if self.paused_peer and s is not None and s.transport is not None:
-            self.paused_peer = False
-            s.transport.resume_reading()
 
     # --- startup ---
     def _startup_data(self, data: bytes) -> None:

@@ -11,6 +11,7 @@ from pgbouncer_py.auth import md5 as md5auth
 from pgbouncer_py.auth import scram
 from pgbouncer_py.log import log
 from pgbouncer_py.net import dns, tls
+from pgbouncer_py.net.flow import LinkedFlow
 from pgbouncer_py.netutil import format_addr, local_addr_of, tune_tcp
 from pgbouncer_py.objects import SV_FREE, SV_LOGIN, registry, set_server_state
 from pgbouncer_py.proto import build
@@ -30,7 +31,7 @@ _unpack_len = struct.Struct("!I").unpack_from
 PH_CONNECT, PH_SSL, PH_LOGIN, PH_WORK, PH_INTERNAL, PH_CLOSED = range(6)
 
 
-class Server(asyncio.Protocol):
+class Server(LinkedFlow, asyncio.Protocol):
     """One connection to PostgreSQL, owned by a pool."""
 
     def __init__(self, pool, host: str, port: int, unix_path: str | None):
@@ -472,19 +473,6 @@ class Server(asyncio.Protocol):
         self.internal_done = done
         self.internal_error = None
         self.transport.write(build.query(sql))
-
-    # --- flow control ---
-    def pause_writing(self) -> None:
-        c = self.link
-        if c is not None and c.transport is not None:
-            c.transport.pause_reading()
-            self.paused_peer = True
-
-    def resume_writing(self) -> None:
-        c = self.link
-        if self.paused_peer and c is not None and c.transport is not None:
-            self.paused_peer = False
-            c.transport.resume_reading()
 
     def connection_lost(self, exc) -> None:
         if self._handshaking or self._reconnecting and self.transport is None:
