@@ -175,6 +175,7 @@ class Client(LinkedFlow, asyncio.Protocol):
             self.tail = b""
         n = len(data)
         pos = self.skip
+        vetted = 0                            # data before this offset is an unnamed batch: no tracking needed
         self.pool.db.stats.bytes_received += n
         while pos < n:
             if pos + 5 > n:
@@ -199,17 +200,21 @@ class Client(LinkedFlow, asyncio.Protocol):
                 self.close("client close request")
                 return
             elif t == 80 or t == 66 or t == 68 or t == 69 or t == 70:   # P B D E F: extended-protocol work
-                if self.ps and t != 69 and t != 70:
-                    prepare.handoff(self, server, data, pos)
-                    return
+                if self.ps and t != 69 and t != 70 and pos >= vetted:
+                    vetted = prepare.unnamed_batch_end(data, pos)
+                    if vetted < 0:
+                        prepare.handoff(self, server, data, pos)
+                        return
                 if not server.query_start:
                     now = time.monotonic()
                     server.query_start = now
                     if not server.xact_start:
                         server.xact_start = now
-            elif t == 67 and self.ps:         # 'C' Close: prepared statements are tracked
-                prepare.handoff(self, server, data, pos)
-                return
+            elif t == 67 and self.ps and pos >= vetted:   # 'C' Close: prepared statements are tracked
+                vetted = prepare.unnamed_batch_end(data, pos)
+                if vetted < 0:
+                    prepare.handoff(self, server, data, pos)
+                    return
             if ln < 4 or ln > self._max_packet:
                 self.close("bad packet header" if ln < 4 else "max_packet_size exceeded", send_error=True)
                 return

@@ -524,6 +524,34 @@ def deallocate_all(server, client) -> None:
         client.prepared.clear()
 
 
+def unnamed_batch_end(data: bytes, pos: int) -> int:
+    """HOT helper: when the extended-protocol batch starting at `pos` is complete in `data` (up to its Sync) and
+    uses only the unnamed statement, return the offset after its Sync: such a batch needs no tracking and stays
+    on the fast path (pgbench -M extended, psycopg's parameterised queries). Else -1: track it."""
+    n = len(data)
+    while pos + 5 <= n:
+        t = data[pos]
+        end = pos + 1 + _unpack_len(data, pos + 1)[0]
+        if end > n or end < pos + 5:
+            return -1
+        if t == 83:                                   # Sync: the batch is complete
+            return end
+        if t == 80:                                   # Parse: statement name first
+            if data[pos + 5] != 0:
+                return -1
+        elif t == 66:                                 # Bind: portal name, then statement name
+            z = data.find(b"\0", pos + 5, end)
+            if z < 0 or z + 1 >= end or data[z + 1] != 0:
+                return -1
+        elif t == 68 or t == 67:                      # Describe / Close: 'S' or 'P', then the name
+            if end - pos < 7 or (data[pos + 5] == 83 and data[pos + 6] != 0):
+                return -1
+        elif t != 69 and t != 72:                     # Execute, Flush: nothing named
+            return -1
+        pos = end
+    return -1
+
+
 def handoff(client, server, data: bytes, pos: int) -> None:
     """The untracked fast path met Parse/Bind/Describe/Close at `pos` (a message boundary): forward what
     came before and track the rest of this link period."""
