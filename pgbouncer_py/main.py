@@ -38,6 +38,17 @@ def new_event_loop():
         return asyncio.new_event_loop()
 
 
+def _warn_without_tcp_migrate_req() -> None:
+    try:
+        with open("/proc/sys/net/ipv4/tcp_migrate_req") as f:
+            if f.read().strip() != "0":
+                return
+    except OSError:
+        return
+    log.warning("so_reuseport: net.ipv4.tcp_migrate_req is 0, connections still being accepted when this process "
+                "stops may be reset; set it to 1 for rolling restarts that lose nothing")
+
+
 def preload_modules() -> None:
     """Import every module of the package now: a lazy import later would need a file descriptor and fail
     exactly when they have run out (max open files), turning a refused connection into an internal error."""
@@ -217,6 +228,8 @@ class Pooler:
             log.fatal(f"TLS setup failed: {self.tls_error}")
             return 1
         self._log_fd_limit()
+        if self.cfg.so_reuseport:
+            _warn_without_tcp_migrate_req()
         if not self.listeners:
             try:
                 self.listeners = open_listeners(self.cfg, self.inherited_fds)

@@ -154,10 +154,19 @@ ensure_test_user() {
     fi
 }
 
+# Rolling restarts with so_reuseport lose no connection only when the kernel migrates handshakes queued on a
+# closing listener to its siblings (Linux >= 5.14, net.ipv4.tcp_migrate_req). Best effort: root only.
+enable_tcp_migrate_req() {
+    if [ "$(id -u)" -eq 0 ] && [ -w /proc/sys/net/ipv4/tcp_migrate_req ]; then
+        echo 1 > /proc/sys/net/ipv4/tcp_migrate_req 2>/dev/null || true
+    fi
+}
+
 install_deps() {
     install_apt_packages
     ensure_venv
     ensure_test_user
+    enable_tcp_migrate_req
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

@@ -141,8 +141,22 @@ def test_rolling_restart_under_pgbench_loses_nothing(group, pg, pooler_factory):
         wait_until(lambda o=old: not o.is_running(), 30, message=f"old process {idx} to finish its clients")
         time.sleep(1.5)
     out, _ = bench.communicate(timeout=60)
-    assert bench.returncode == 0, out
     assert "number of failed transactions: 0" in out or "failed" not in out, out
+    if _tcp_migrate_req():
+        assert bench.returncode == 0, out
+    else:
+        # without net.ipv4.tcp_migrate_req the kernel resets handshakes still queued on a closing SO_REUSEPORT
+        # listener: a pgbench client may then abort while connecting (never inside a transaction)
+        aborts = [line for line in out.splitlines() if "aborted" in line and "Run was aborted" not in line]
+        assert all("while establishing connection" in line for line in aborts), out
     done = int(next(line.split(":")[1] for line in out.splitlines() if "number of transactions actually processed"
                     in line).split("/")[0])
     assert done > 100, out
+
+
+def _tcp_migrate_req() -> bool:
+    try:
+        with open("/proc/sys/net/ipv4/tcp_migrate_req") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
