@@ -7,7 +7,7 @@ import signal
 import ssl
 import sys
 
-from pgbouncer_py import VERSION_STRING, __version__
+from pgbouncer_py import VERSION_STRING
 from pgbouncer_py.auth import login
 from pgbouncer_py.client import Client
 from pgbouncer_py.config import ConfigError, load_config
@@ -246,7 +246,7 @@ class Pooler:
         self._install_signals(loop)
         self.janitor.start()
         self._sd_notify("READY=1")
-        log.info(f"process up: {VERSION_STRING}, pgbouncer-py {__version__}, {loop_name()}, "
+        log.info(f"process up: {VERSION_STRING}, {loop_name()}, "
                  f"tls: {ssl.OPENSSL_VERSION}")
         await self.done
         self._sd_notify("STOPPING=1")
