@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pgutil import PgCluster, PoolerFactory  # noqa: E402
+from pgutil import PgCluster, PoolerFactory, running  # noqa: E402
 
 try:  # hypothesis keeps an example database in the working directory by default: not in our repo
     from hypothesis import settings as _hyp_settings
@@ -102,14 +102,8 @@ def pytest_runtest_call(item: pytest.Item):
 @pytest.fixture(scope="session")
 def pg(tmp_path_factory: pytest.TempPathFactory):
     """The session's PostgreSQL cluster (roles, passwords and databases: see tests/pgutil.py)."""
-    cluster = PgCluster(tmp_path_factory.mktemp("pg"))
-    try:
-        cluster.start()
-    except Exception:
-        cluster.stop()
-        raise
-    yield cluster
-    cluster.stop()
+    with running(PgCluster(tmp_path_factory.mktemp("pg"))) as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -162,6 +162,20 @@ def _read(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------------
 # PostgreSQL
 # ---------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def running(cluster: PgCluster):
+    """Start a cluster for the duration of a with-block (a fixture body); stop it even when start fails."""
+    try:
+        cluster.start()
+    except Exception:
+        cluster.stop()
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 class PgCluster:
     """A PostgreSQL cluster in a temp dir, run as the current (non-root) user; see the table above."""
 

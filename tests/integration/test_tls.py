@@ -10,7 +10,7 @@ import struct
 
 import psycopg
 import pytest
-from pgutil import PASSWORDS, PgCluster, PoolerFactory, wait_until
+from pgutil import PASSWORDS, PgCluster, PoolerFactory, running, wait_until
 from psycopg.types.string import TextLoader
 from tlsutil import TlsFiles
 
@@ -35,13 +35,8 @@ def pg_ssl(tmp_path_factory, certs):
     cluster = PgCluster(tmp_path_factory.mktemp("pgssl"), hba=hba, extra_conf={
         "listen_addresses": "'127.0.0.1,127.0.0.2'", "ssl": "on", "ssl_cert_file": f"'{certs.server}'",
         "ssl_key_file": f"'{certs.server_key}'", "ssl_ca_file": f"'{certs.ca}'"})
-    try:
-        cluster.start()
-    except Exception:
-        cluster.stop()
-        raise
-    yield cluster
-    cluster.stop()
+    with running(cluster):
+        yield cluster
 
 
 @pytest.fixture
