@@ -21,11 +21,12 @@ from pgbouncer_py.objects import (
     registry,
     set_client_state,
 )
-from pgbouncer_py.proto import build
+from pgbouncer_py.proto import build, sql
 from pgbouncer_py.proto import constants as C
 from pgbouncer_py.proto.messages import MessageReader, ProtocolError, parse_startup_packet
 
 _unpack_len = struct.Struct("!I").unpack_from
+_SQL_FIRST = sql.FIRST_BYTES
 
 PH_STARTUP, PH_AUTH, PH_WAIT_LOGIN, PH_WORK, PH_CLOSED = range(5)
 
@@ -183,11 +184,16 @@ class Client(LinkedFlow, asyncio.Protocol):
             t = data[pos]
             ln = _unpack_len(data, pos + 1)[0]
             if t == 81 or t == 83:            # 'Q' Query, 'S' Sync
-                if t == 81 and self.no_pqexec:
-                    if pos:
-                        server.transport.write(data[:pos])
-                    self.close("PQexec disallowed", send_error=True)
-                    return
+                if t == 81:
+                    if self.no_pqexec:
+                        if pos:
+                            server.transport.write(data[:pos])
+                        self.close("PQexec disallowed", send_error=True)
+                        return
+                    if self.ps and pos + 5 < n and data[pos + 5] in _SQL_FIRST and sql.might_start(
+                            data, pos + 5, min(pos + 1 + ln, n)):
+                        prepare.handoff(self, server, data, pos)     # SQL-level PREPARE/EXECUTE/DEALLOCATE
+                        return
                 server.expect_rfq += 1
                 if not server.query_start:
                     now = time.monotonic()

@@ -7,8 +7,10 @@ import time
 import weakref
 from collections import deque
 
+from pgbouncer_py import sqlprepare
 from pgbouncer_py.log import log
 from pgbouncer_py.objects import registry
+from pgbouncer_py.proto import sql
 
 _I32 = struct.Struct("!I")
 _unpack_len = _I32.unpack_from
@@ -28,8 +30,9 @@ K_EXECUTE = 8
 K_SYNC = 9         # Sync: ends at ReadyForQuery
 K_QUERY = 10       # simple Query / FunctionCall: ends at ReadyForQuery, errors do not skip
 K_UNTRACKED = 11   # ReadyForQuery answers for Query/Sync sent before tracking began (count in entry[1])
-K_SYN_PARSE = 12   # ParseComplete to synthesise (the Parse was not sent: the server has the statement)
-K_SYN_CLOSE = 13   # CloseComplete to synthesise (Close answered by the pooler)
+K_SQL = 12         # a Query rewritten for SQL-level PREPARE/EXECUTE/DEALLOCATE (entry[1]: sqlprepare.Job)
+K_SYN_PARSE = 13   # ParseComplete to synthesise (the Parse was not sent: the server has the statement)
+K_SYN_CLOSE = 14   # CloseComplete to synthesise (Close answered by the pooler)
 
 _EXTENDED = frozenset((K_PARSE, K_PARSE_NEW, K_PARSE_INJ, K_BIND, K_DESCRIBE, K_CLOSE, K_CLOSE_INJ, K_EXECUTE,
                        K_SYN_PARSE, K_SYN_CLOSE))
@@ -40,7 +43,7 @@ _ENDS = {
     K_DESCRIBE: (84, 110),                                             # 'T' 'n'
     K_CLOSE: (51,), K_CLOSE_INJ: (51,),                                # '3'
     K_EXECUTE: (67, 73, 115),                                          # 'C' 'I' 's'
-    K_SYNC: (90,), K_QUERY: (90,), K_UNTRACKED: (90,),                 # 'Z'
+    K_SYNC: (90,), K_QUERY: (90,), K_UNTRACKED: (90,), K_SQL: (90,),   # 'Z'
 }
 _DROP = (K_PARSE_INJ, K_CLOSE_INJ)
 
@@ -50,16 +53,18 @@ CLOSE_COMPLETE = b"3\0\0\0\4"
 ERR_IN_USE = "prepared statement name is already in use"
 ERR_MISSING = "prepared statement did not exist"
 ERR_BROKEN = "broken Parse/Bind/Describe/Close packet"
+ERR_SQL_ORIGIN = "prepared statement was created by SQL PREPARE: Bind/Describe of it is not supported"
 
 
 class Statement:
     """One distinct (query text, parameter types), shared by every client that prepares it."""
 
-    __slots__ = ("id", "key", "server_name", "__weakref__")
+    __slots__ = ("id", "key", "sql", "server_name", "__weakref__")
 
-    def __init__(self, sid: int, key: bytes):
+    def __init__(self, sid: int, key: bytes, sql: bool = False):
         self.id = sid
-        self.key = key                       # Parse body after the statement name: query\0 + param types
+        self.key = key          # Parse body after the statement name (query\0 + param types); or, for SQL
+        self.sql = sql          # PREPARE (sql=True), the text after the name: "(int) AS SELECT $1"
         self.server_name = b"PGBOUNCER_%d" % sid
 
     def parse_message(self) -> bytes:
@@ -72,23 +77,25 @@ class Statements:
 
     def __init__(self):
         self.by_key: weakref.WeakValueDictionary[bytes, Statement] = weakref.WeakValueDictionary()
+        self.by_sql: weakref.WeakValueDictionary[bytes, Statement] = weakref.WeakValueDictionary()
         self.next_id = 1
 
-    def get(self, key: bytes) -> Statement:
-        st = self.by_key.get(key)
+    def get(self, key: bytes, sql: bool = False) -> Statement:
+        table = self.by_sql if sql else self.by_key
+        st = table.get(key)
         if st is None:
-            st = Statement(self.next_id, key)
+            st = Statement(self.next_id, key, sql)
             self.next_id += 1
-            self.by_key[key] = st
+            table[key] = st
         return st
 
-
-    def adopt(self, sid: int, key: bytes) -> Statement:
+    def adopt(self, sid: int, key: bytes, sql: bool = False) -> Statement:
         """A statement inherited from the old process (online restart) keeps its id, hence its server name."""
-        st = self.by_key.get(key)
+        table = self.by_sql if sql else self.by_key
+        st = table.get(key)
         if st is None:
-            st = Statement(sid, key)
-            self.by_key[key] = st
+            st = Statement(sid, key, sql)
+            table[key] = st
         self.next_id = max(self.next_id, sid + 1)
         return st
 
@@ -98,23 +105,31 @@ statements = Statements()
 
 # --- online restart (-R): the maps travel with the sockets ---
 
+def _export(st: Statement) -> list:
+    return [st.id, st.key.hex(), int(st.sql)]
+
+
+def _import(item: list) -> Statement:
+    return statements.adopt(item[0], bytes.fromhex(item[1]), bool(item[2]) if len(item) > 2 else False)
+
+
 def export_client(client) -> dict:
-    return {"ps": client.ps, "names": {name.hex(): [st.id, st.key.hex()] for name, st in client.prepared.items()}}
+    return {"ps": client.ps, "names": {name.hex(): _export(st) for name, st in client.prepared.items()}}
 
 
 def export_server(server) -> list:
-    return [[st.id, st.key.hex()] for st in server.prepared.values()]
+    return [_export(st) for st in server.prepared.values()]
 
 
 def import_client(client, data: dict | None) -> None:
     client.ps = enabled_for(client)
-    for name, (sid, key) in ((data or {}).get("names") or {}).items():
-        client.prepared[bytes.fromhex(name)] = statements.adopt(sid, bytes.fromhex(key))
+    for name, item in ((data or {}).get("names") or {}).items():
+        client.prepared[bytes.fromhex(name)] = _import(item)
 
 
 def import_server(server, data: list | None) -> None:
-    for sid, key in data or ():
-        st = statements.adopt(sid, bytes.fromhex(key))
+    for item in data or ():
+        st = _import(item)
         server.prepared[st.id] = st
 
 
@@ -198,16 +213,22 @@ def deactivate(server, client) -> None:
 
 # --- the server's LRU ---
 
-def _server_add(server, st: Statement, out: list, q) -> None:
-    """Record that `st` is being prepared on the server; evict the least recently used beyond the limit."""
+def evict_for_one(server) -> list[Statement]:
+    """Take the least recently used statements out of the server's LRU until one more fits."""
     lru = server.prepared
     limit = registry.cfg.max_prepared_statements
+    evicted = []
     while len(lru) >= limit and lru:
-        old_id = next(iter(lru))
-        old = lru.pop(old_id)
+        evicted.append(lru.pop(next(iter(lru))))
+    return evicted
+
+
+def _server_add(server, st: Statement, out: list, q) -> None:
+    """Record that `st` is being prepared on the server; evict the least recently used beyond the limit."""
+    for old in evict_for_one(server):
         out.append(close_message(old.server_name))
         q.append((K_CLOSE_INJ, old, None))
-    lru[st.id] = st
+    server.prepared[st.id] = st
 
 
 def _ensure_on_server(server, st: Statement, out: list, q, stats) -> None:
@@ -264,6 +285,20 @@ def client_data(client, data: bytes, server) -> None:
                     _write(server, out, data, start, pos)
                     client.close("PQexec disallowed", send_error=True)
                     return
+                if t == 81 and pos + 5 < n and data[pos + 5] in sql.FIRST_BYTES and sql.might_start(
+                        data, pos + 5, min(end, n)):
+                    if end > n:
+                        break
+                    msg = sqlprepare.client_query(client, server, data[pos + 5:end - 1], q, stats, K_SQL)
+                    if msg is not None:                         # SQL-level PREPARE/EXECUTE/DEALLOCATE
+                        if pos > start:
+                            out.append(data[start:pos])
+                        out.append(msg)
+                        start = end
+                        server.expect_rfq += 1
+                        _start_query(server)
+                        pos = end
+                        continue
                 server.expect_rfq += 1
                 q.append((K_SYNC if t == 83 else K_QUERY, None, None))
                 _start_query(server)
@@ -339,6 +374,8 @@ def _client_message(client, server, t: int, body: bytes, data: bytes, pos: int, 
         st = client.prepared.get(name)
         if st is None:
             raise PacketError(ERR_MISSING)
+        if st.sql:
+            raise PacketError(ERR_SQL_ORIGIN)
         stats.bind_count += 1
         _ensure_on_server(server, st, out, q, stats)
         out.append(bind_message(portal, st.server_name, body[rest_at:]))
@@ -353,6 +390,8 @@ def _client_message(client, server, t: int, body: bytes, data: bytes, pos: int, 
         st = client.prepared.get(name)
         if st is None:
             raise PacketError(ERR_MISSING)
+        if st.sql:
+            raise PacketError(ERR_SQL_ORIGIN)
         _ensure_on_server(server, st, out, q, stats)
         out.append(target_message(b"D", 83, st.server_name))
         q.append((K_DESCRIBE, None, None))
@@ -401,7 +440,7 @@ def server_data(server, data: bytes, client) -> None:
                 break
         kind = q[0][0] if q else 0
         if t == 90:                                              # ReadyForQuery
-            while q and q[0][0] not in (K_SYNC, K_QUERY, K_UNTRACKED):
+            while q and q[0][0] not in (K_SYNC, K_QUERY, K_UNTRACKED, K_SQL):
                 q.popleft()                                      # defensive: nothing else answers at 'Z'
             if q:
                 e = q[0]
@@ -422,6 +461,13 @@ def server_data(server, data: bytes, client) -> None:
             start = pos
             _synth_into(q, out)
             release = r == 1 and not q
+            continue
+        if kind == K_SQL and (t == 67 or t == 69):               # answers to a rewritten SQL-level command
+            out.append(data[start:pos])
+            rep = sqlprepare.response(q[0][1], t, data[pos + 5:end])
+            if rep:
+                out.append(rep)
+            start = pos = end
             continue
         if t == 83:                                              # ParameterStatus
             name, value = parse_parameter_status(data[pos + 5:end])
@@ -483,9 +529,11 @@ def _error_skip(server, client, q) -> None:
     skipped = []
     while q and q[0][0] != K_SYNC:
         e = q.popleft()
-        if e[0] == K_QUERY:
+        if e[0] == K_QUERY or e[0] == K_SQL:
             if server.expect_rfq > 0:
                 server.expect_rfq -= 1           # a Query inside a failed pipeline gets no ReadyForQuery
+            if e[0] == K_SQL:
+                sqlprepare.undo(e[1])
             continue
         if e[0] == K_UNTRACKED:
             q.appendleft(e)

@@ -15,10 +15,11 @@ from pgbouncer_py.config import hba, load_config, params, parse_database, parse_
 from pgbouncer_py.config.connstr import parse_connstr
 from pgbouncer_py.config.ini import ConfigError, read_ini
 from pgbouncer_py.proto import messages as M
+from pgbouncer_py.proto import sql
 
 # The errors a parser may raise for bad input; anything else is a bug.
 EXPECTED: tuple[type[BaseException], ...] = (M.ProtocolError, prepare.PacketError, scram.ScramError,
-                                             ConfigError, hba.HbaError)
+                                             ConfigError, hba.HbaError, sql.SqlError)
 
 SCRAM_PASSWORD = "fuzz-password"
 _SCRAM_SECRET = scram.make_scram_secret(SCRAM_PASSWORD, iterations=16, salt=b"0123456789abcdef")
@@ -183,6 +184,20 @@ def config_file(data: bytes) -> None:
     _with_file(b"[databases]\n" + b"\n".join(lines), load_config)
 
 
+def sql_command(data: bytes) -> None:
+    """The SQL-level PREPARE/EXECUTE/DEALLOCATE recogniser; a name it finds must lie inside the text."""
+    for text in (data, b"execute " + data, b"prepare p " + data, b"deallocate " + data):
+        sql.might_start(text, 0, len(text))
+        for scs in (True, False):
+            try:
+                cmd = sql.parse(text, scs)
+            except sql.SqlError:
+                continue
+            if cmd is not None and cmd.name:
+                assert 0 < cmd.name_start < cmd.name_end <= len(text)
+                assert cmd.rewrite(text, b"N").endswith(text[cmd.name_end:])
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "startup_packet": startup_packet,
     "startup_packet_raw": startup_packet_raw,
@@ -199,6 +214,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "admin_command": admin_command,
     "ini_file": ini_file,
     "config_file": config_file,
+    "sql_command": sql_command,
 }
 
 

@@ -124,3 +124,25 @@ def test_takeover_drops_nothing_else(pooler_factory):
     p2 = restart(pooler_factory, p)
     assert p2.admin("show version")
     assert sys.platform.startswith("linux")
+
+
+def test_prepared_statement_maps_survive_takeover(pooler_factory):
+    """Protocol-level and SQL-level statement names of a logged-in client keep working after -R, and the
+    statements the servers already have are not prepared again."""
+    from test_prepared import SYNC, Raw, bind, execute, parse, query, rows, types
+
+    p = pooler_factory.start({"pool_mode": "transaction", "default_pool_size": 1})
+    c = Raw(p.port)
+    c.send(parse("proto", "select $1::int * 2"), bind("proto", 21), execute(), SYNC)
+    assert rows(c.until()) == [("42",)]
+    c.send(query("PREPARE viasql(int) AS SELECT $1 + 100"), query("EXECUTE viasql(1)"))
+    assert rows(c.until(count=2)) == [("101",)]
+    p2 = restart(pooler_factory, p)
+    c.send(bind("proto", 5), execute(), SYNC)
+    assert rows(c.until()) == [("10",)]
+    c.send(query("EXECUTE viasql(2)"))
+    got = c.until()
+    assert rows(got) == [("102",)] and "E" not in types(got)
+    st = {r["database"]: r for r in p2.admin_dicts("SHOW STATS")}["testdb"]
+    assert int(st["total_server_parse_count"]) == 0
+    c.close()
