@@ -31,21 +31,26 @@ K_SYNC = 9         # Sync: ends at ReadyForQuery
 K_QUERY = 10       # simple Query / FunctionCall: ends at ReadyForQuery, errors do not skip
 K_UNTRACKED = 11   # ReadyForQuery answers for Query/Sync sent before tracking began (count in entry[1])
 K_SQL = 12         # a Query rewritten for SQL-level PREPARE/EXECUTE/DEALLOCATE (entry[1]: sqlprepare.Job)
-K_SYN_PARSE = 13   # ParseComplete to synthesise (the Parse was not sent: the server has the statement)
-K_SYN_CLOSE = 14   # CloseComplete to synthesise (Close answered by the pooler)
+K_BIND_INJ = 13    # Bind we injected (to run a SQL PREPARE before a client's extended-protocol EXECUTE): dropped
+K_EXEC_INJ = 14    # its Execute: the CommandComplete is dropped; on error the statement is not on the server
+K_SYN_PARSE = 15   # ParseComplete to synthesise (the Parse was not sent: the server has the statement)
+K_SYN_CLOSE = 16   # CloseComplete to synthesise (Close answered by the pooler)
 
 _EXTENDED = frozenset((K_PARSE, K_PARSE_NEW, K_PARSE_INJ, K_BIND, K_DESCRIBE, K_CLOSE, K_CLOSE_INJ, K_EXECUTE,
+                       K_BIND_INJ, K_EXEC_INJ,
                        K_SYN_PARSE, K_SYN_CLOSE))
 # response types that end the answer to a request of each kind
 _ENDS = {
     K_PARSE: (49,), K_PARSE_NEW: (49,), K_PARSE_INJ: (49,),           # '1'
-    K_BIND: (50,),                                                     # '2'
+    K_BIND: (50,), K_BIND_INJ: (50,),                                  # '2'
     K_DESCRIBE: (84, 110),                                             # 'T' 'n'
     K_CLOSE: (51,), K_CLOSE_INJ: (51,),                                # '3'
-    K_EXECUTE: (67, 73, 115),                                          # 'C' 'I' 's'
+    K_EXECUTE: (67, 73, 115), K_EXEC_INJ: (67, 73, 115),               # 'C' 'I' 's'
     K_SYNC: (90,), K_QUERY: (90,), K_UNTRACKED: (90,), K_SQL: (90,),   # 'Z'
 }
-_DROP = (K_PARSE_INJ, K_CLOSE_INJ)
+_DROP = (K_PARSE_INJ, K_CLOSE_INJ, K_BIND_INJ, K_EXEC_INJ)
+
+_SQL_FIRST = sql.FIRST_BYTES
 
 PARSE_COMPLETE = b"1\0\0\0\4"
 CLOSE_COMPLETE = b"3\0\0\0\4"
@@ -345,6 +350,8 @@ def _client_message(client, server, t: int, body: bytes, data: bytes, pos: int, 
     if t == 80:                                                  # Parse
         name, key = parse_parse(body)
         if not name:
+            if key[0] in sql.FIRST_BYTES and sqlprepare.parse_execute(client, server, key, out, q, stats):
+                return                                           # SQL EXECUTE sent with the extended protocol
             out.append(data[pos:end])
             q.append((K_PARSE, None, None))
             return
@@ -477,9 +484,9 @@ def server_data(server, data: bytes, client) -> None:
             _command_tag(server, client, data[pos + 5:end])
         elif t == 69:                                            # ErrorResponse
             if kind in _EXTENDED:
-                pos = end
                 out.append(data[start:pos])
-                start = pos
+                out.append(sqlprepare.client_names_in_error(client, data[pos:end]))
+                start = pos = end
                 _error_skip(server, client, q)
                 _synth_into(q, out)
                 continue
@@ -541,7 +548,7 @@ def _error_skip(server, client, q) -> None:
         skipped.append(e)
     lru = server.prepared
     for kind, st, name in reversed(skipped):
-        if kind == K_PARSE_NEW or kind == K_PARSE_INJ:
+        if kind == K_PARSE_NEW or kind == K_PARSE_INJ or kind == K_EXEC_INJ:
             lru.pop(st.id, None)
             if kind == K_PARSE_NEW and client.prepared.get(name) is st:
                 del client.prepared[name]
@@ -584,9 +591,9 @@ def unnamed_batch_end(data: bytes, pos: int) -> int:
             return -1
         if t == 83:                                   # Sync: the batch is complete
             return end
-        if t == 80:                                   # Parse: statement name first
-            if data[pos + 5] != 0:
-                return -1
+        if t == 80:                                   # Parse: statement name first, then the query text
+            if end - pos < 8 or data[pos + 5] != 0 or (data[pos + 6] in _SQL_FIRST and sql.might_start(data, pos + 6, end)):
+                return -1                             # named, or maybe a SQL EXECUTE to rewrite
         elif t == 66:                                 # Bind: portal name, then statement name
             z = data.find(b"\0", pos + 5, end)
             if z < 0 or z + 1 >= end or data[z + 1] != 0:

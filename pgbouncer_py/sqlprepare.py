@@ -160,6 +160,64 @@ def _error(job: Job, q, k_sql: int, sqlstate: str, message: bytes) -> bytes:
     return query_message(raise_text(sqlstate, message))
 
 
+def parse_execute(client, server, key: bytes, out: list, q, stats) -> bool:
+    """An unnamed Parse whose text may be `EXECUTE name(...)` of a SQL-prepared statement (psycopg 3 or asyncpg
+    with parameters, JDBC): rewrite the name, and first run the PREPARE with an injected unnamed
+    Parse/Bind/Execute when the server lacks the statement (an error there skips the client's messages up to
+    Sync, as it should). False: forward the Parse untouched."""
+    from pgbouncer_py import prepare
+    qend = key.find(b"\0")
+    text = key[:qend]
+    scs = server.params.get("standard_conforming_strings", "on") != "off"
+    try:
+        cmd = sql.parse(text, scs)
+    except sql.SqlError:
+        return False
+    if cmd is None or cmd.kind != "execute":
+        return False
+    st = client.prepared.get(cmd.name)
+    if st is None or not st.sql:
+        return False                  # PostgreSQL answers: prepared statement "name" does not exist
+    stats.bind_count += 1
+    lru = server.prepared
+    if st.id in lru:
+        del lru[st.id]
+        lru[st.id] = st
+    else:
+        prepare._server_add(server, st, out, q)
+        out.append(_msg(b"P", b"\0PREPARE " + _quoted(st) + st.key + b"\0\0\0"))
+        q.append((prepare.K_PARSE_INJ, st, None))
+        out.append(_msg(b"B", b"\0\0\0\0\0\0\0\0"))
+        q.append((prepare.K_BIND_INJ, None, None))
+        out.append(_msg(b"E", b"\0\0\0\0\0"))
+        q.append((prepare.K_EXEC_INJ, st, None))
+        stats.server_parse_count += 1
+    out.append(_msg(b"P", b"\0" + cmd.rewrite(text, _quoted(st)) + key[qend:]))
+    q.append((prepare.K_PARSE, None, None))
+    return True
+
+
+def _msg(t: bytes, body: bytes) -> bytes:
+    return t + _I32.pack(len(body) + 4) + body
+
+
+def client_names_in_error(client, msg: bytes) -> bytes:
+    """An ErrorResponse that names one of the pooler's statements ("PGBOUNCER_7") gets the client's name."""
+    at = msg.find(b'"PGBOUNCER_')
+    if at < 0:
+        return msg
+    end = msg.find(b'"', at + 11)
+    sid = msg[at + 11:end]
+    if not sid.isdigit():
+        return msg
+    sid = int(sid)
+    for name, st in client.prepared.items():
+        if st.id == sid:
+            body = msg[5:].replace(msg[at:end + 1], b'"' + name + b'"')
+            return b"E" + _I32.pack(len(body) + 4) + body
+    return msg
+
+
 # --- server -> client ---
 
 def response(job: Job, t: int, body: bytes) -> bytes | None:

@@ -207,3 +207,78 @@ def test_pipelined_queries_and_an_extended_error_before_them(pooler_factory):
     assert rows(c.until()) == [("b",)]
     c.close()
     d.close()
+
+
+def test_execute_sent_with_the_extended_protocol(pooler_factory):
+    """psycopg 3 with binary=True and asyncpg without a statement cache send `EXECUTE name(args)` in an unnamed
+    Parse (PostgreSQL takes no $n parameters in EXECUTE): the name is rewritten, the statement prepared
+    first on a server that lacks it, and errors keep the client's name."""
+    pooler = pooler_factory.start(POOL)
+    errors = []
+
+    def worker(i):
+        try:
+            with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
+                conn.execute("PREPARE mul(int, int) AS SELECT $1 * $2")
+                cur = conn.cursor()
+                for j in range(20):
+                    assert cur.execute(f"EXECUTE mul({i}, {j})", binary=True).fetchone() == (i * j,)
+                with pytest.raises(psycopg.Error) as e:
+                    cur.execute("EXECUTE mul(1)", binary=True)
+                assert 'prepared statement "mul"' in str(e.value) and "PGBOUNCER" not in str(e.value)
+                with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+                    cur.execute("EXECUTE nosuch(1)", binary=True)
+                assert cur.execute("EXECUTE mul(3, 3)", binary=True).fetchone() == (9,)
+        except Exception as e:  # reported from the main thread
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+
+    async def aworker(i):
+        conn = await pooler.aconnect(statement_cache_size=0)
+        try:
+            await conn.execute("PREPARE addn(int) AS SELECT $1 + 1000")
+            for j in range(10):
+                assert await conn.fetchval(f"EXECUTE addn({j})") == j + 1000
+        finally:
+            await conn.close()
+
+    async def main():
+        await asyncio.gather(*(aworker(i) for i in range(4)))
+
+    asyncio.run(main())
+    st = _stats(pooler)
+    assert int(st["total_bind_count"]) >= 5 * 21 + 40
+    assert int(st["total_server_parse_count"]) <= 2 * 2 + 20     # two SQL statements (+ asyncpg's own)
+
+
+def test_extended_execute_after_eviction_and_failed_prepare(pooler_factory):
+    """The injected PREPARE fails (the table went away): the client's Parse/Bind/Execute are skipped up to
+    Sync, the client gets the error, and the server is not believed to hold the statement."""
+    from test_prepared import SYNC, bind, execute, parse
+
+    pooler = pooler_factory.start({**POOL, "default_pool_size": 1, "max_prepared_statements": 1})
+    c = Raw(pooler.port)
+    c.send(query("CREATE TABLE IF NOT EXISTS sqlprep_t (v int)"), query("INSERT INTO sqlprep_t VALUES (7)"))
+    c.until(count=2)
+    c.send(query("PREPARE fromt AS SELECT v FROM sqlprep_t"), query("PREPARE other AS SELECT 'o'"))
+    c.until(count=2)                                       # 'other' evicted 'fromt' (LRU of 1)
+    c.send(parse("", "EXECUTE fromt"), bind(""), execute(), SYNC)
+    assert rows(c.until()) == [("7",)]
+    c.send(query("EXECUTE other"), query("DROP TABLE sqlprep_t"))   # evicts fromt again
+    c.until(count=2)
+    c.send(parse("", "EXECUTE fromt"), bind(""), execute(), SYNC)
+    got = c.until()
+    assert types(got) == "EZ" and "sqlprep_t" in error_text(got)
+    c.send(query("CREATE TABLE sqlprep_t (v int)"), query("INSERT INTO sqlprep_t VALUES (8)"))
+    c.until(count=2)
+    c.send(parse("", "EXECUTE fromt"), bind(""), execute(), SYNC)
+    assert rows(c.until()) == [("8",)]
+    c.send(query("DROP TABLE sqlprep_t"))
+    c.until()
+    c.close()
