@@ -42,7 +42,7 @@ class Client(LinkedFlow, asyncio.Protocol):
     # slots keep an idle client small (bytes per idle client, issue 11); anything else lands in __dict__
     __slots__ = ("_max_packet", "_tls_pending", "addr", "admin", "admin_level", "auth", "cancel_key",
                  "closing_reason", "connect_time", "console", "counted_db", "counted_user", "created", "db",
-                 "dbname", "id", "idle_since", "is_unix", "link", "listener", "local_addr", "no_pqexec",
+                 "dbname", "id", "idle_since", "is_unix", "link", "listener", "_laddr", "no_pqexec",
                  "paused_peer", "paused_reading", "peer_cert", "peer_pid", "peer_uid", "pending", "phase",
                  "pool", "pool_mode", "port", "prepared", "ps", "reader", "replication", "request_time",
                  "skip", "startup_buf", "startup_params", "state", "tail", "tls", "transport", "user",
@@ -72,7 +72,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.is_unix = False
         self.peer_pid = None
         self.peer_uid = None
-        self.local_addr = ("", 0)
+        self._laddr = None        # local (address, port): read from the socket when SHOW CLIENTS asks
         self.created = time.monotonic()
         self.connect_time = time.time()
         self.request_time = time.time()
@@ -105,20 +105,32 @@ class Client(LinkedFlow, asyncio.Protocol):
         user = self.username or "(nouser)"
         return f"C-0x{id(self):x}: {db}/{user}@{format_addr(self.addr, self.port, self.is_unix, self.peer_pid)} "
 
+    @property
+    def local_addr(self) -> tuple[str, int]:
+        if self._laddr is None:
+            if self.transport is None:
+                return ("", 0)
+            self._laddr = local_addr_of(self.transport)
+        return self._laddr
+
+    @local_addr.setter
+    def local_addr(self, value: tuple[str, int]) -> None:
+        self._laddr = value
+
     # --- connection events ---
     def connection_made(self, transport) -> None:
         self.transport = transport
         cfg = registry.cfg
-        self.addr, self.port, self.is_unix = addr_of(transport)
+        sock = transport.get_extra_info("socket")
+        self.addr, self.port, self.is_unix = addr_of(transport, sock)
         if self.is_unix:
-            cred = peer_cred(transport)
+            cred = peer_cred(transport, sock)
             if cred:
                 self.peer_pid, self.peer_uid = cred[0], cred[1]
             if self.listener is not None:
                 self.port = self.listener.port
         else:
-            tune_tcp(transport, cfg)
-        self.local_addr = local_addr_of(transport)
+            tune_tcp(transport, cfg, sock)
         registry.total_clients += 1
         set_client_state(self, CL_LOGIN)
         if registry.suspended:

@@ -8,13 +8,20 @@ LEVELS = {"FATAL": 0, "ERROR": 1, "WARNING": 2, "LOG": 3, "DEBUG": 4, "NOISE": 5
 _SYSLOG_PRIO = {"FATAL": 2, "ERROR": 3, "WARNING": 4, "LOG": 6, "DEBUG": 7, "NOISE": 7}
 
 
+_second_cache: list = [None, "", ""]       # [whole second, "YYYY-MM-DD HH:MM:SS", "TZ"]
+
+
 def format_time(t: float, with_ms: bool = True) -> str:
-    lt = time.localtime(t)
-    base = time.strftime("%Y-%m-%d %H:%M:%S", lt)
-    tz = time.strftime("%Z", lt)
+    sec = int(t)
+    c = _second_cache
+    if c[0] != sec:
+        lt = time.localtime(sec)
+        c[1] = time.strftime("%Y-%m-%d %H:%M:%S", lt)
+        c[2] = time.strftime("%Z", lt)
+        c[0] = sec
     if with_ms:
-        return f"{base}.{int((t % 1) * 1000):03d} {tz}"
-    return f"{base} {tz}"
+        return f"{c[1]}.{int((t - sec) * 1000):03d} {c[2]}"
+    return f"{c[1]} {c[2]}"
 
 
 class Logger:
@@ -73,7 +80,8 @@ class Logger:
     def write(self, level: str, message: str) -> None:
         if LEVELS[level] > 3 + self.verbose:
             return
-        message = message.replace("\n", "\n\t")
+        if "\n" in message:
+            message = message.replace("\n", "\n\t")
         line = f"{format_time(time.time())} [{self.pid}] {level} {message}\n"
         if not self.quiet:
             try:

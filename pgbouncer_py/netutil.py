@@ -4,9 +4,10 @@ import socket
 import struct
 
 
-def addr_of(transport) -> tuple[str, int, bool]:
-    """(address text, port, is_unix) of the peer."""
-    sock = transport.get_extra_info("socket")
+def addr_of(transport, sock=None) -> tuple[str, int, bool]:
+    """(address text, port, is_unix) of the peer; `sock`: transport's socket when the caller has it already."""
+    if sock is None:
+        sock = transport.get_extra_info("socket")
     peer = transport.get_extra_info("peername")
     if sock is not None and sock.family == socket.AF_UNIX:
         return "unix", 0, True
@@ -25,9 +26,10 @@ def local_addr_of(transport) -> tuple[str, int]:
     return "unix", 0
 
 
-def peer_cred(transport) -> tuple[int, int, int] | None:
+def peer_cred(transport, sock=None) -> tuple[int, int, int] | None:
     """(pid, uid, gid) of a unix-socket peer, or None."""
-    sock = transport.get_extra_info("socket")
+    if sock is None:
+        sock = transport.get_extra_info("socket")
     if sock is None or sock.family != socket.AF_UNIX:
         return None
     try:
@@ -37,12 +39,13 @@ def peer_cred(transport) -> tuple[int, int, int] | None:
         return None
 
 
-def tune_tcp(transport, cfg) -> None:
-    sock = transport.get_extra_info("socket")
+def tune_tcp(transport, cfg, sock=None) -> None:
+    """TCP keepalive, user timeout and buffer sizes from the config (asyncio and uvloop set TCP_NODELAY)."""
+    if sock is None:
+        sock = transport.get_extra_info("socket")
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if cfg.tcp_keepalive:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if cfg.tcp_keepidle:
