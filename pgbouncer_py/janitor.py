@@ -40,6 +40,7 @@ class Janitor:
     def run(self) -> None:
         self.handle = registry.loop.call_later(INTERVAL, self.run)
         now = time.monotonic()
+        registry.wall_offset = time.time() - now      # follows wall-clock changes (request_time in SHOW)
         try:
             self.visit(now)
         except Exception as e:  # the janitor must never stop

@@ -116,6 +116,8 @@ class Pool:
         self._lifetime_cfg = None
         self._lifetime_db_conf = None
         self._lifetime = 0.0
+        self._cap_key = None
+        self._cap = 0
 
     def server_lifetime(self, cfg) -> float:
         """Effective server_lifetime (database setting over the global one), cached per config object."""
@@ -147,6 +149,15 @@ class Pool:
         if m is None:
             m = self.db.setting("pool_mode", None)
         return m or cfg.pool_mode
+
+    def launch_cap(self, cfg) -> int:
+        """pool_size + reserve_pool_size: no server connection can be launched at or beyond it. Cached per
+        config object (RELOAD and SET make a new one) and database/user entry."""
+        key = self._cap_key
+        if key is None or key[0] is not cfg or key[1] is not self.db.conf or key[2] is not self.user.conf:
+            self._cap = self.pool_size(cfg) + max(self.reserve_pool_size(cfg), 0)
+            self._cap_key = (cfg, self.db.conf, self.user.conf)
+        return self._cap
 
     def pool_size(self, cfg) -> int:
         v = self.user.setting("pool_size", None)
@@ -182,6 +193,7 @@ class Registry:
         self.admin_db: Database | None = None
         self.admin_user: User | None = None
         self.start_time = time.time()
+        self.wall_offset = time.time() - time.monotonic()   # monotonic -> wall clock; the janitor refreshes it
         self.loop = None
         self.main = None                          # pgbouncer_py.main.Pooler
         self.socket_ids = itertools.count(1)      # SHOW CLIENTS/SERVERS `id` (the KILL_CLIENT handle)
@@ -236,8 +248,8 @@ def set_client_state(client, new_state: str) -> None:
             lst[client] = None
 
 
-def set_server_state(server, new_state: str) -> None:
-    """Move a server to the list of new_state (the only code that does it)."""
+def set_server_state(server, new_state: str, now: float = 0.0) -> None:
+    """Move a server to the list of new_state (the only code that does it); `now`: monotonic, if known."""
     lists = server.pool.server_lists
     lst = lists.get(server.state)
     if lst is not None:
@@ -247,7 +259,7 @@ def set_server_state(server, new_state: str) -> None:
     if lst is not None:
         lst[server] = None
     if new_state == SV_IDLE:
-        server.idle_since = time.monotonic()
+        server.idle_since = now or time.monotonic()
 
 
 def random_choice(seq):

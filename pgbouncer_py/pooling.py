@@ -99,7 +99,6 @@ def _evict(pools, wanting) -> bool:
 
 def launch_new_connection(pool, *, force: bool = False) -> bool:
     """Start one server connection for the pool if limits and server_login_retry allow it."""
-    from pgbouncer_py.server import Server
     cfg = registry.cfg
     if pool.db.admin or registry.suspended or pool.db.paused or registry.paused:
         return False
@@ -112,6 +111,7 @@ def launch_new_connection(pool, *, force: bool = False) -> bool:
             return False
     if not can_launch(pool, cfg, now):
         return False
+    from pgbouncer_py.server import Server
     host, port, path = server_address(pool)
     server = Server(pool, host or "", port, path)
     server.db_conf = pool.db.conf     # a RELOAD that changes the database makes this server stale
@@ -140,7 +140,8 @@ def activate_client(client) -> None:
         link(client, server)
         return
     _queue(client)
-    launch_new_connection(pool)
+    if pool.server_count() < pool.launch_cap(registry.cfg):   # else no launch can succeed (the janitor retries)
+        launch_new_connection(pool)
 
 
 def link_idle_fast(client):
@@ -165,7 +166,8 @@ def link_idle_fast(client):
     set_server_state(server, SV_ACTIVE)
     client.link = server
     server.link = client
-    server.request_time = client.request_time = time.time()
+    server.request_time = client.request_time = now + registry.wall_offset
+    server.query_start = server.xact_start = now    # the client's data goes out right away
     pool.last_active = now
     return server
 
@@ -229,7 +231,7 @@ def link(client, server) -> None:
     set_server_state(server, SV_ACTIVE)
     client.link = server
     server.link = client
-    server.request_time = time.time()
+    server.request_time = now + registry.wall_offset
     client.pool.last_active = now
     if server.replication is not None:      # walsenders accept no SET
         client.link_ready()
@@ -290,12 +292,13 @@ def server_available(server) -> None:
         if reason:
             server.close(reason)
             return
+    now = time.monotonic()
     lifetime = pool.server_lifetime(registry.cfg)
-    if lifetime and time.monotonic() - server.created > lifetime:
+    if lifetime and now - server.created > lifetime:
         server.close("server lifetime over")
         return
     if db.paused or registry.paused:
-        set_server_state(server, SV_IDLE)
+        set_server_state(server, SV_IDLE, now)
         return
     if pool.auth_waiters:
         from pgbouncer_py.auth import auth_query
@@ -306,7 +309,7 @@ def server_available(server) -> None:
             if client.state == CL_WAITING and client.replication == "none":
                 link(client, server)
                 return
-    set_server_state(server, SV_IDLE)
+    set_server_state(server, SV_IDLE, now)
 
 
 def stale_reason(server) -> str | None:
