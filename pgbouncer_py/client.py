@@ -45,7 +45,7 @@ class Client(LinkedFlow, asyncio.Protocol):
                  "dbname", "id", "idle_since", "is_unix", "link", "listener", "_laddr", "no_pqexec",
                  "paused_peer", "paused_reading", "peer_cert", "peer_pid", "peer_uid", "pending", "phase",
                  "pool", "pool_mode", "port", "prepared", "ps", "reader", "replication", "request_time",
-                 "skip", "startup_buf", "startup_params", "state", "tail", "tls", "transport", "user",
+                 "skip", "startup_buf", "startup_params", "state", "tail", "tail_need", "tls", "transport", "user",
                  "username", "vars", "wait_notified", "wait_start", "__dict__", "__weakref__")
 
     def __init__(self, listener=None):
@@ -66,6 +66,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.reader = None
         self.pending = bytearray()
         self.tail = b""
+        self.tail_need = 0        # tracked path: bytes the incomplete message in `tail` needs
         self.skip = 0
         self.addr = ""
         self.port = 0
@@ -183,13 +184,14 @@ class Client(LinkedFlow, asyncio.Protocol):
         if self.ps == 2:
             prepare.client_data(self, data, server)
             return
+        n = len(data)
+        self.pool.db.stats.bytes_received += n
         if self.tail:
             data = self.tail + data
             self.tail = b""
-        n = len(data)
+            n = len(data)
         pos = self.skip
         vetted = 0                            # data before this offset is an unnamed batch: no tracking needed
-        self.pool.db.stats.bytes_received += n
         while pos < n:
             if pos + 5 > n:
                 break

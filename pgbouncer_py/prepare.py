@@ -252,8 +252,14 @@ def _ensure_on_server(server, st: Statement, out: list, q, stats) -> None:
 
 def client_data(client, data: bytes, server) -> None:
     """All client bytes while tracking is active (data starts where the previous call stopped)."""
-    if client.tail:
-        data = client.tail + data
+    stats = client.pool.db.stats
+    stats.bytes_received += len(data)
+    tail = client.tail
+    if tail:
+        if len(tail) + len(data) < client.tail_need:
+            tail += data                 # a large Parse/Bind still incomplete: gather it (bytearray, linear)
+            return
+        data = bytes(tail + data)
         client.tail = b""
     n = len(data)
     pos = client.skip
@@ -263,8 +269,6 @@ def client_data(client, data: bytes, server) -> None:
     if q is None:                       # a new server for a client that was tracking: start again
         activate(client, server)
         q = server.psq
-    stats = client.pool.db.stats
-    stats.bytes_received += n
     maxp = client._max_packet
     try:
         while pos < n:
@@ -324,7 +328,8 @@ def client_data(client, data: bytes, server) -> None:
         _write(server, out, data, start, n)
     else:
         client.skip = 0
-        client.tail = data[pos:]
+        client.tail = bytearray(data[pos:])
+        client.tail_need = 1 + _unpack_len(data, pos + 1)[0] if pos + 5 <= n else 5
         _write(server, out, data, start, pos)
     _emit_synth(server, client)
 
@@ -426,6 +431,8 @@ def server_data(server, data: bytes, client) -> None:
     """All server bytes while a queue is kept: drop answers to injected requests, add synthesised ones."""
     from pgbouncer_py import pooling
     from pgbouncer_py.proto.messages import parse_parameter_status
+    stats = server.pool.db.stats
+    stats.bytes_sent += len(data)
     if server.tail:
         data = server.tail + data
         server.tail = b""
@@ -435,8 +442,6 @@ def server_data(server, data: bytes, client) -> None:
     q = server.psq
     out: list = []
     release = False
-    stats = server.pool.db.stats
-    stats.bytes_sent += n
     while pos < n:
         if pos + 5 > n:
             break

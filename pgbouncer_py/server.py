@@ -234,14 +234,15 @@ class Server(LinkedFlow, asyncio.Protocol):
         if self.psq is not None:
             prepare.server_data(self, data, client)
             return
+        n = len(data)
+        stats = self.pool.db.stats
+        stats.bytes_sent += n
         if self.tail:
             data = self.tail + data
             self.tail = b""
-        n = len(data)
+            n = len(data)
         pos = self.skip
         release = False
-        stats = self.pool.db.stats
-        stats.bytes_sent += n
         while pos < n:
             if pos + 5 > n:
                 break

@@ -435,3 +435,16 @@ def test_large_parse_and_bind_beyond_pkt_buf(pooler_factory):
     assert rows(other.until()) == [(str(50001),)]
     c.close()
     other.close()
+
+
+def test_bind_of_many_megabytes_is_gathered_once_and_counted_once(pooler_factory):
+    """A tracked Bind arrives in hundreds of reads: it is gathered in one buffer (not re-copied per read) and
+    SHOW STATS counts its bytes once."""
+    pooler = _start(pooler_factory, default_pool_size=1)
+    c = Raw(pooler.port)
+    size = 16 * 1024 * 1024
+    c.send(parse("huge", "select length($1::text)"), bind("huge", "y" * size), execute(), SYNC)
+    assert rows(c.until()) == [(str(size),)]
+    received = int(_stats(pooler)["total_received"])
+    assert size < received < size + 4096
+    c.close()
