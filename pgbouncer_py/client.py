@@ -36,6 +36,23 @@ CANONICAL = {"client_encoding": "client_encoding", "datestyle": "DateStyle", "ti
              "application_name": "application_name", "intervalstyle": "IntervalStyle"}
 
 
+CANCELED = "canceling statement due to user request"
+
+
+def first_request_end(buf) -> int:
+    """Offset after the first complete request in buf (a Query, FunctionCall, or messages up to a Sync), or -1."""
+    pos, n = 0, len(buf)
+    while pos + 5 <= n:
+        t = buf[pos]
+        end = pos + 1 + _unpack_len(buf, pos + 1)[0]
+        if end > n:
+            return -1
+        if t == 81 or t == 83 or t == 70:          # Query, Sync, FunctionCall
+            return end
+        pos = end
+    return -1
+
+
 class Client(LinkedFlow, asyncio.Protocol):
     """One client connection."""
 
@@ -630,8 +647,26 @@ class Client(LinkedFlow, asyncio.Protocol):
             if server is not None and server.backend_key:
                 registry.loop.create_task(_send_cancel(server))
             elif target.state == CL_WAITING:
-                pass
+                target.cancel_queued()
+            else:
+                log.debug(f"{self.prefix()}cancel request for a client with no query running: nothing to cancel")
         self.close("cancel request", quiet=True)
+
+    def cancel_queued(self) -> None:
+        """Beyond PgBouncer: a cancel for a client still waiting for a server drops its first queued query (a
+        Query, or extended-protocol messages up to Sync) and answers it as PostgreSQL answers a canceled
+        statement; the client leaves the queue when nothing else is queued."""
+        end = first_request_end(self.pending)
+        if end < 0:
+            log.debug(f"{self.prefix()}cancel request while waiting: no complete query queued, nothing to cancel")
+            return
+        del self.pending[:end]
+        log.info(f"{self.prefix()}query canceled while waiting for a server")
+        if self.transport is not None:
+            self.transport.write(build.error_response(CANCELED, "57014", "ERROR") + build.ready_for_query(b"I"))
+        if first_request_end(self.pending) < 0:
+            set_client_state(self, CL_ACTIVE)        # nothing left to run: out of the queue
+            self._resume()
 
     # --- the one exit path ---
     def close(self, reason: str, *, send_error: bool = False, sqlstate: str = "08P01", quiet: bool = False) -> None:

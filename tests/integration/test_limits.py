@@ -228,3 +228,43 @@ def test_failed_connects_leave_counts_clean(pooler_factory):
                         and r["sv_idle"] == 0)(pool_row(p, db="down")))
     [db] = [r for r in p.admin_dicts("SHOW DATABASES") if r["name"] == "down"]
     assert db["current_connections"] == 0
+
+
+@pytest.mark.parametrize("pool_mode", ["session", "transaction"])
+def test_cancel_of_a_queued_client_answers_it_at_once(pooler_factory, pool_mode):
+    """Beyond PgBouncer (its issue #1222): ^C on a client waiting for a server cancels the queued query with
+    PostgreSQL's answer (57014), without waiting for a server; the connection stays usable."""
+    p = pooler_factory.start({"pool_mode": pool_mode, "default_pool_size": 1})
+    holder = p.connect(autocommit=True)
+    holder_done = threading.Event()
+
+    def hold():
+        holder.execute("select pg_sleep(4)")
+        holder_done.set()
+
+    threading.Thread(target=hold, daemon=True).start()
+    wait_until(lambda: int(pool_row(p)["sv_active"]) == 1)
+    waiter = p.connect(autocommit=True)
+    got = {}
+
+    def run():
+        t0 = time.monotonic()
+        try:
+            waiter.execute("select 'queued'")
+        except psycopg.Error as e:
+            got["error"] = e
+        got["elapsed"] = time.monotonic() - t0
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    wait_until(lambda: int(pool_row(p)["cl_waiting"]) == 1)
+    waiter.cancel()
+    t.join(10)
+    assert isinstance(got.get("error"), psycopg.errors.QueryCanceled), got
+    assert got["elapsed"] < 3 and not holder_done.is_set()
+    assert int(pool_row(p)["cl_waiting"]) == 0
+    p.wait_for_log(r"query canceled while waiting for a server")
+    holder_done.wait(10)
+    holder.close()                                 # session mode: the server is free only now
+    assert waiter.execute("select 'after'").fetchone() == ("after",)
+    waiter.close()
