@@ -238,20 +238,37 @@ class Client(LinkedFlow, asyncio.Protocol):
                 return
             elif t == 80 or t == 66 or t == 68 or t == 69 or t == 70:   # P B D E F: extended-protocol work
                 if self.ps and t != 69 and t != 70 and pos >= vetted:
-                    vetted = prepare.unnamed_batch_end(data, pos)
+                    vetted = prepare.unnamed_batch_end(data, pos, self._max_packet)
                     if vetted < 0:
                         prepare.handoff(self, server, data, pos)
                         return
+                    # a complete unnamed batch up to its Sync (lengths checked): one step to its end
+                    server.expect_rfq += 1
+                    if not server.query_start:
+                        now = time.monotonic()
+                        server.query_start = now
+                        if not server.xact_start:
+                            server.xact_start = now
+                    pos = vetted
+                    continue
                 if not server.query_start:
                     now = time.monotonic()
                     server.query_start = now
                     if not server.xact_start:
                         server.xact_start = now
             elif t == 67 and self.ps and pos >= vetted:   # 'C' Close: prepared statements are tracked
-                vetted = prepare.unnamed_batch_end(data, pos)
+                vetted = prepare.unnamed_batch_end(data, pos, self._max_packet)
                 if vetted < 0:
                     prepare.handoff(self, server, data, pos)
                     return
+                server.expect_rfq += 1
+                if not server.query_start:
+                    now = time.monotonic()
+                    server.query_start = now
+                    if not server.xact_start:
+                        server.xact_start = now
+                pos = vetted
+                continue
             if ln < 4 or ln > self._max_packet:
                 self.close("bad packet header" if ln < 4 else "max_packet_size exceeded", send_error=True)
                 return

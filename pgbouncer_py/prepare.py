@@ -584,7 +584,7 @@ def deallocate_all(server, client) -> None:
         client.prepared.clear()
 
 
-def unnamed_batch_end(data: bytes, pos: int) -> int:
+def unnamed_batch_end(data: bytes, pos: int, max_packet: int = 2147483647) -> int:
     """HOT helper: when the extended-protocol batch starting at `pos` is complete in `data` (up to its Sync) and
     uses only the unnamed statement, return the offset after its Sync: such a batch needs no tracking and stays
     on the fast path (pgbench -M extended, psycopg's parameterised queries). Else -1: track it."""
@@ -592,8 +592,8 @@ def unnamed_batch_end(data: bytes, pos: int) -> int:
     while pos + 5 <= n:
         t = data[pos]
         end = pos + 1 + _unpack_len(data, pos + 1)[0]
-        if end > n or end < pos + 5:
-            return -1
+        if end > n or end < pos + 5 or end - pos - 1 > max_packet:
+            return -1                                 # incomplete, or a bad length: the tracked path decides
         if t == 83:                                   # Sync: the batch is complete
             return end
         if t == 80:                                   # Parse: statement name first, then the query text
