@@ -13,6 +13,7 @@ from pgbouncer_py.net.flow import LinkedFlow
 from pgbouncer_py.netutil import addr_of, format_addr, local_addr_of, peer_cred, tune_tcp
 from pgbouncer_py.objects import (
     CL_ACTIVE,
+    CL_ACTIVE_CANCEL,
     CL_FREE,
     CL_LOGIN,
     CL_WAITING,
@@ -656,18 +657,41 @@ class Client(LinkedFlow, asyncio.Protocol):
         if target is None:
             peer = _peer_for_key(key)
             if peer is not None:
-                registry.loop.create_task(_forward_cancel_to_peer(peer, key))
-            else:
-                log.debug(f"{self.prefix()}cancel request with unknown key")
+                self._hold_for_cancel(None, _forward_cancel_to_peer(peer, key))
+                return
+            log.debug(f"{self.prefix()}cancel request with unknown key")
         else:
             server = target.link
             if server is not None and server.backend_key:
-                registry.loop.create_task(_send_cancel(server))
-            elif target.state == CL_WAITING:
+                self._hold_for_cancel(target.pool, _send_cancel(server))
+                return
+            if target.state == CL_WAITING:
                 target.cancel_queued()
             else:
                 log.debug(f"{self.prefix()}cancel request for a client with no query running: nothing to cancel")
         self.close("cancel request", quiet=True)
+
+    def _hold_for_cancel(self, pool, forward) -> None:
+        """Keep the cancel request's connection open until the request has reached PostgreSQL (or the peer)
+        and that side closed, as PgBouncer does: a client that sees EOF (libpq waits for it) knows the cancel
+        was delivered, so its next query cannot be the one canceled. cancel_wait_timeout bounds the wait."""
+        self.phase = PH_WAIT_LOGIN                           # anything more it sends is held, unread
+        if pool is not None:
+            self.pool = pool
+            set_client_state(self, CL_ACTIVE_CANCEL)        # SHOW POOLS cl_active_cancel_req
+
+        async def run():
+            limit = registry.cfg.cancel_wait_timeout
+            try:
+                await asyncio.wait_for(forward, limit or None)
+            except TimeoutError:
+                self.close("cancel_wait_timeout")
+                return
+            except Exception as e:  # the cancel connection must be closed whatever happened
+                log.error(f"{self.prefix()}internal error forwarding a cancel request: {e!r}")
+            self.close("cancel request", quiet=True)
+
+        registry.loop.create_task(run())
 
     def cancel_queued(self) -> None:
         """Beyond PgBouncer: a cancel for a client still waiting for a server drops its first queued query (a
@@ -743,7 +767,7 @@ def _peer_for_key(key: bytes):
 
 
 async def _forward_cancel_to_peer(peer, key: bytes) -> None:
-    loop = registry.loop
+    w = None
     try:
         if peer.host and not peer.host.startswith("/"):
             r, w = await asyncio.wait_for(asyncio.open_connection(peer.host, peer.port), 5)
@@ -753,15 +777,17 @@ async def _forward_cancel_to_peer(peer, key: bytes) -> None:
         ttl = (key[0] >> 6) - 1        # one hop less, so a misconfigured ring cannot loop forever
         w.write(struct.pack("!II", 16, C.CANCEL_REQUEST_CODE) + bytes(((ttl << 6) | (key[0] & 0x3F),)) + key[1:])
         await w.drain()
-        await asyncio.wait_for(r.read(), 5)
-        w.close()
-    except (TimeoutError, OSError) as e:
+        await r.read()
+    except OSError as e:
         log.warning(f"forwarding cancel request to peer {peer.peer_id} failed: {e}")
-    del loop
+    finally:
+        if w is not None:
+            w.close()
 
 
 async def _send_cancel(server) -> None:
-    """Open a new connection to the server's PostgreSQL and send its backend key."""
+    """Open a new connection to the server's PostgreSQL, send its backend key, wait until PostgreSQL closes."""
+    w = None
     try:
         if server.unix_path:
             r, w = await asyncio.wait_for(asyncio.open_unix_connection(server.unix_path),
@@ -771,7 +797,9 @@ async def _send_cancel(server) -> None:
                                           registry.cfg.server_connect_timeout or None)
         w.write(struct.pack("!III", 16, C.CANCEL_REQUEST_CODE, server.backend_pid) + server.backend_key)
         await w.drain()
-        await asyncio.wait_for(r.read(), registry.cfg.cancel_wait_timeout or None)
-        w.close()
+        await r.read()
     except (TimeoutError, OSError) as e:
         log.warning(f"{server.prefix()}sending cancel request failed: {e}")
+    finally:
+        if w is not None:
+            w.close()

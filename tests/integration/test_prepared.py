@@ -84,6 +84,8 @@ class Raw:
                 self.sock.sendall(_msg(b"p", pw.encode() + b"\0"))
             elif t == "E":
                 raise AssertionError(f"login failed: {body!r}")
+            elif t == "K":
+                self.backend_key = body          # pid + secret, for CancelRequest
             elif t == "Z":
                 return
 

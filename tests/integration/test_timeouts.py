@@ -288,3 +288,53 @@ def test_pool_idle_timeout(pooler_factory):
     p.wait_for_log(r"cleaning up idle pool for user md5user on db otherdb because: pool idle timeout \(age= \d+s\)",
                    timeout=15)
     assert ("otherdb", "md5user") not in {(r["database"], r["user"]) for r in p.admin_dicts("SHOW POOLS")}
+
+
+# --- cancel requests ------------------------------------------------------------------------------
+def test_cancel_request_is_held_until_delivered_and_cancel_wait_timeout(pooler_factory, pg):
+    """A cancel request's connection stays open until PostgreSQL has taken the cancel (libpq waits for that
+    EOF): with the postmaster stopped it cannot be delivered, the request shows in SHOW POOLS as
+    cl_active_cancel_req, and cancel_wait_timeout ends the wait. Once PostgreSQL runs again, cancels work."""
+    import os
+    import signal
+    import struct
+
+    from test_prepared import Raw, error_text, query
+
+    p = start(pooler_factory, {"pool_mode": "transaction", "cancel_wait_timeout": 1})
+
+    def active():
+        return any(int(r["sv_active"]) for r in p.admin_dicts("SHOW POOLS") if r["database"] == "testdb")
+
+    def cancel_socket(raw):
+        s = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+        s.sendall(struct.pack("!II", 16, 80877102) + raw.backend_key)
+        return s
+
+    c = Raw(p.port)
+    c.send(query("select pg_sleep(8)"))
+    wait_until(active)
+    postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+    os.kill(postmaster, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        s = cancel_socket(c)
+        wait_until(lambda: any(int(r["cl_active_cancel_req"]) == 1 for r in p.admin_dicts("SHOW POOLS")
+                               if r["database"] == "testdb"), timeout=5)
+        assert s.recv(100) == b""                      # EOF only when the pooler gives up
+        held = time.monotonic() - t0
+        s.close()
+    finally:
+        os.kill(postmaster, signal.SIGCONT)
+    assert 0.8 < held < 5, held
+    p.wait_for_log(closing("cancel_wait_timeout"))
+    c.until()                                          # the query ends (canceled late, or finished)
+    c.send(query("select pg_sleep(8)"))
+    wait_until(active)
+    time.sleep(0.2)
+    s = cancel_socket(c)
+    assert s.recv(100) == b""
+    s.close()
+    assert "57014" in error_text(c.until())
+    assert not any(int(r["cl_active_cancel_req"]) for r in p.admin_dicts("SHOW POOLS"))
+    c.close()
