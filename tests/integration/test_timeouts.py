@@ -338,3 +338,25 @@ def test_cancel_request_is_held_until_delivered_and_cancel_wait_timeout(pooler_f
     assert "57014" in error_text(c.until())
     assert not any(int(r["cl_active_cancel_req"]) for r in p.admin_dicts("SHOW POOLS"))
     c.close()
+
+
+def test_suspend_timeout_drops_a_client_that_does_not_read(pooler_factory):
+    """SUSPEND waits for every socket's output to be flushed; a client that stopped reading a large result is
+    closed after suspend_timeout, then SUSPEND answers. Other clients carry on after RESUME."""
+    from test_prepared import Raw, query
+
+    p = start(pooler_factory, {"pool_mode": "session", "default_pool_size": 2, "suspend_timeout": 1})
+    other = p.connect(autocommit=True)
+    assert other.execute("select 1").fetchone() == (1,)
+    stuck = Raw(p.port)
+    stuck.send(query("select repeat('x', 100000) from generate_series(1, 2000)"))    # ~200 MB, never read
+    time.sleep(1)                                      # the pooler's buffer towards `stuck` fills up
+    t0 = time.monotonic()
+    p.admin("SUSPEND")                                 # the console leaves right after: automatic RESUME
+    held = time.monotonic() - t0
+    assert 0.8 < held < 10, held
+    p.wait_for_log(closing("suspend_timeout"))
+    p.wait_for_log("admin disappeared when suspended, doing RESUME")
+    assert other.execute("select 2").fetchone() == (2,)
+    assert stuck.closed()
+    other.close()
