@@ -282,3 +282,20 @@ def test_extended_execute_after_eviction_and_failed_prepare(pooler_factory):
     c.send(query("DROP TABLE sqlprep_t"))
     c.until()
     c.close()
+
+
+@pytest.mark.parametrize("text", [
+    "PREPARE", "PREPARE x", "PREPARE x AS", "PREPARE \"unterminated AS SELECT 1", "PREPARE x AS SELECT 'open",
+    "PREPARE x AS SELECT $$open", "PREPARE x AS SELECT 1 /* open", "EXECUTE", "EXECUTE (1)", "EXECUTE x(",
+    "DEALLOCATE", "DEALLOCATE PREPARE", "PREPARE " + "n" * 300 + " AS SELECT 1", "PREPARE \"\" AS SELECT 1",
+    "EXECUTE \xe9t\xe9", "PREPARE U&\"x\" AS SELECT 1", "-- PREPARE x AS SELECT 1", "PREPARE x(int AS SELECT 1",
+])
+def test_malformed_commands_get_an_error_and_the_connection_goes_on(pooler_factory, text):
+    pooler = pooler_factory.start(POOL)
+    c = Raw(pooler.port)
+    c.send(query(text))
+    got = c.until()
+    assert got[-1][0] == "Z"
+    c.send(query("SELECT 'alive'"))
+    assert rows(c.until()) == [("alive",)]
+    c.close()
