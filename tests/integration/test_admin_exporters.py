@@ -139,3 +139,56 @@ def test_datadog_style_check_during_pgbench(pooler_factory, pg):
     assert ("SHOW POOLS", "benchdb", "sv_active") in m
     assert m[("SHOW DATABASES", "benchdb", "pool_size")] == 20.0
     assert all(not isinstance(v, Decimal) for v in m.values())
+
+
+CONSOLE_JAVA = r"""
+import java.sql.*;
+import java.util.*;
+public class ConsoleCheck {
+  public static void main(String[] a) throws Exception {
+    Properties p = new Properties();
+    p.setProperty("user", "pgbouncer"); p.setProperty("password", a[1]);
+    try (Connection conn = DriverManager.getConnection(a[0], p)) {
+      for (String cmd : new String[] {"SHOW POOLS", "SHOW STATS", "SHOW DATABASES", "SHOW VERSION"}) {
+        try (Statement st = conn.createStatement(); ResultSet rs = st.executeQuery(cmd)) {
+          ResultSetMetaData md = rs.getMetaData();
+          int rows = 0;
+          while (rs.next()) rows++;
+          System.out.println(cmd + " " + md.getColumnCount() + " " + md.getColumnName(1) + " " + rows);
+        }
+      }
+      try (Statement st = conn.createStatement(); ResultSet rs = st.executeQuery("SHOW STATS")) {
+        rs.next();
+        long x = rs.getLong("total_xact_count");          // numeric columns read as numbers
+        System.out.println("xact " + x);
+      }
+    }
+  }
+}
+"""
+
+
+def test_jdbc_reads_the_console(pooler_factory, tmp_path):
+    """The Debian JDBC driver (extended query protocol, like DBeaver or a Java monitoring agent) reads SHOW
+    commands from the console with their columns and numeric types."""
+    from pgutil import ADMIN_PASSWORD
+
+    jar = "/usr/share/java/postgresql.jar"
+    if shutil.which("javac") is None:
+        pytest.skip("javac is not installed (apt-get install default-jdk-headless)")
+    assert os.path.exists(jar), "libpostgresql-jdbc-java is not installed"
+    p = pooler_factory.start({"ignore_startup_parameters": "extra_float_digits"})
+    with p.connect(autocommit=True) as c:
+        c.execute("select 1")
+    (tmp_path / "ConsoleCheck.java").write_text(CONSOLE_JAVA)
+    subprocess.run(["javac", "-cp", jar, "ConsoleCheck.java"], cwd=tmp_path, check=True, timeout=180,
+                   capture_output=True)
+    proc = subprocess.run(["java", "-cp", f"{jar}:.", "ConsoleCheck",
+                           f"jdbc:postgresql://127.0.0.1:{p.port}/pgbouncer", ADMIN_PASSWORD],
+                          cwd=tmp_path, timeout=180, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "SHOW POOLS 17 database" in lines[0]
+    assert lines[1].startswith("SHOW STATS 25 database")
+    assert lines[2].startswith("SHOW DATABASES ") and lines[3] == "SHOW VERSION 1 version 1"
+    assert lines[4].startswith("xact ") and int(lines[4].split()[1]) >= 0
