@@ -1,6 +1,7 @@
 """Half-open TCP: a peer that vanishes without FIN or RST (a pulled cable, a dead host) is found by the
 pooler's TCP keepalive (tcp_keepalive/tcp_keepidle/tcp_keepintvl/tcp_keepcnt) and goes through the one exit
-path, on the client side and on the server side (a server dying in the middle of a query).
+path, on the client side and on the server side (a server dying in the middle of a query); with data still
+in flight to it, tcp_user_timeout is what ends it.
 
 The root test blackholes one connection on the loopback with iptables while the unprivileged test (PostgreSQL
 and the pooler refuse root) runs; the two talk through files: `ports` (the connection to blackhole) and `armed`."""
@@ -39,12 +40,26 @@ def _blackhole(d: Path, local_port: int, remote_port: int) -> None:
 
 
 @pytest.mark.skipif(not os.environ.get(DIR_ENV), reason="driven by test_half_open_with_iptables (root)")
-@pytest.mark.parametrize("side", ["client", "server"])
+@pytest.mark.parametrize("side", ["client", "server", "unacked"])
 def test_half_open_peer_is_found_by_keepalive(pooler_factory, pg, side):
     d = Path(os.environ[DIR_ENV]) / side
-    p = pooler_factory.start(KEEPALIVE)
+    if side == "unacked":
+        # data in flight to a vanished client: no keepalive probe is sent then; tcp_user_timeout (ms) ends it
+        p = pooler_factory.start({"pool_mode": "session", "tcp_keepalive": 0, "tcp_user_timeout": 2000})
+    else:
+        p = pooler_factory.start(KEEPALIVE)
     conn = p.connect(autocommit=True)
     assert conn.execute("select 1").fetchone() == (1,)
+    if side == "unacked":
+        conn.execute("LISTEN half_open")
+        with socket.socket(fileno=os.dup(conn.fileno())) as s:
+            client_port = s.getsockname()[1]
+        _blackhole(d, client_port, p.port)
+        pg.psql("NOTIFY half_open, 'to nobody'", db="testdb")   # the pooler forwards it into the void
+        t0 = time.monotonic()
+        p.wait_for_log(closing("client unexpected eof", "C"), timeout=20)
+        assert time.monotonic() - t0 < 15
+        return
     if side == "client":
         with socket.socket(fileno=os.dup(conn.fileno())) as s:
             client_port = s.getsockname()[1]
@@ -91,9 +106,10 @@ def test_half_open_with_iptables():
     user = os.environ.get("PGBTEST_USER", "pgbtest")
     pw = pwd.getpwnam(user)
     work = Path(tempfile.mkdtemp(prefix="pgbpy-halfopen-"))
-    for side in ("client", "server"):
+    sides = ("client", "server", "unacked")
+    for side in sides:
         (work / side).mkdir()
-    for path in (work, work / "client", work / "server"):
+    for path in (work, *(work / side for side in sides)):
         os.chown(path, pw.pw_uid, pw.pw_gid)
     rules: list[list[str]] = []
     here = Path(__file__).resolve()
@@ -108,7 +124,7 @@ def test_half_open_with_iptables():
     try:
         deadline = time.monotonic() + 300
         while proc.poll() is None and time.monotonic() < deadline:
-            for side in ("client", "server"):
+            for side in sides:
                 d = work / side
                 if (d / "ports").exists() and not (d / "armed").exists():
                     a, b = (d / "ports").read_text().split()
@@ -126,4 +142,4 @@ def test_half_open_with_iptables():
             _iptables("-D", *rule)
         shutil.rmtree(work, ignore_errors=True)
     assert proc.returncode == 0, out[-6000:]
-    assert "2 passed" in out, out[-6000:]
+    assert "3 passed" in out, out[-6000:]
