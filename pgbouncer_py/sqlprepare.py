@@ -229,6 +229,9 @@ def response(job: Job, t: int, body: bytes) -> bytes | None:
             return None
         job.actions.clear()
         return command_complete(job.tag.decode()) if job.tag is not None else b"C" + _I32.pack(len(body) + 4) + body
+    if job.actions and job.actions[0][0] == "evict" and b"C26000\0" in body and \
+            b'"' + job.actions[0][1].server_name + b'"' in body:
+        job.actions.pop(0)         # the evicted statement was already gone (deallocated behind our back)
     undo(job)
     return _error_fields(job, body)
 

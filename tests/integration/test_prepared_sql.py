@@ -299,3 +299,23 @@ def test_malformed_commands_get_an_error_and_the_connection_goes_on(pooler_facto
     c.send(query("SELECT 'alive'"))
     assert rows(c.until()) == [("alive",)]
     c.close()
+
+
+def test_a_statement_deallocated_behind_the_pools_back_does_not_wedge_the_server(pooler_factory):
+    """A raw `DEALLOCATE "PGBOUNCER_n"` sent in a Parse (not rewritten) removes a statement the LRU lists: the
+    eviction that later fails on it corrects the LRU, and the next try works."""
+    from test_prepared import SYNC, bind, execute, parse
+
+    pooler = pooler_factory.start({**POOL, "default_pool_size": 1, "max_prepared_statements": 1})
+    c = Raw(pooler.port)
+    c.send(query("PREPARE a AS SELECT 'a'"))
+    c.until()
+    c.send(query("SELECT name FROM pg_prepared_statements"))
+    (server_name,) = rows(c.until())[0]
+    c.send(parse("", f'DEALLOCATE "{server_name}"'), bind(""), execute(), SYNC)
+    assert "E" not in types(c.until())
+    c.send(query("PREPARE b AS SELECT 'b'"))           # evicts a's statement, which is already gone
+    assert "26000" in error_text(c.until())
+    c.send(query("PREPARE b AS SELECT 'b'"), query("EXECUTE b"))
+    assert rows(c.until(count=2)) == [("b",)]
+    c.close()
