@@ -57,7 +57,6 @@ class Janitor:
             self.visit_pool(pool, now, cfg)
         self.idle_pools(now, cfg)
         self.auto_databases(now, cfg)
-        self.suspend_progress(now, cfg)
         if now - self.last_stats >= cfg.stats_period:
             self.stats_period(now - self.last_stats)
             self.last_stats = now
@@ -208,21 +207,6 @@ class Janitor:
                         s.close("database removed")
                     del registry.pools[key]
             del registry.databases[name]
-
-    def suspend_progress(self, now: float, cfg) -> None:
-        """SUSPEND waits for client buffers to flush; after suspend_timeout the stragglers are dropped."""
-        start = getattr(registry, "suspend_start", 0)
-        if not registry.suspended or not start or not cfg.suspend_timeout or now - start <= cfg.suspend_timeout:
-            return
-        for pool in list(registry.pools.values()):
-            for c in pool.all_clients():
-                t = c.transport
-                if t is not None and t.get_write_buffer_size():
-                    c.close("suspend_timeout", send_error=True)
-            for s in pool.all_servers():
-                t = s.transport
-                if t is not None and t.get_write_buffer_size():
-                    s.close("suspend_timeout")
 
     def stats_period(self, period: float) -> None:
         cfg = registry.cfg

@@ -112,7 +112,7 @@ def cmd_suspend(console, arg):
     _issued("SUSPEND", None)
     registry.suspended = True
     state.suspender = console
-    state.suspend_start = registry.suspend_start = time.monotonic()   # the janitor enforces suspend_timeout
+    state.suspend_start = time.monotonic()       # janitor_tick -> _suspend_timeout enforces suspend_timeout
     _suspend_sockets()
     if _flushed():
         return _done("SUSPEND")
@@ -155,7 +155,7 @@ def _resume_sockets() -> None:
         except (AttributeError, RuntimeError):
             pass
     state.suspender = None
-    registry.suspend_start = 0
+    state.suspend_start = 0.0
 
 
 def _pending_out(obj) -> int:
@@ -372,12 +372,18 @@ def janitor_tick(now: float) -> None:
 
 
 def _suspend_timeout(now: float) -> bool:
+    """SUSPEND waits for every buffer to flush; after suspend_timeout the stragglers are dropped (clients are
+    told why)."""
+    from pgbouncer_py.client import Client
     limit = registry.cfg.suspend_timeout
     if not limit or now - state.suspend_start < limit:
         return False
     for obj in list(_all_socket_objects()):
         if _pending_out(obj):
-            obj.close("suspend_timeout")
+            if isinstance(obj, Client):
+                obj.close("suspend_timeout", send_error=True)
+            else:
+                obj.close("suspend_timeout")
     return True
 
 
