@@ -209,13 +209,13 @@ class Client(LinkedFlow, asyncio.Protocol):
             self.tail = b""
             n = len(data)
         pos = self.skip
-        vetted = 0                            # data before this offset is an unnamed batch: no tracking needed
         while pos < n:
             if pos + 5 > n:
                 break
             t = data[pos]
             ln = _unpack_len(data, pos + 1)[0]
-            if t == 81 or t == 83:            # 'Q' Query, 'S' Sync
+            # Q S P B D E F, and C when statements are tracked: work for the server, its clock starts
+            if t == 81 or t == 83 or t == 80 or t == 66 or t == 68 or t == 69 or t == 70 or (t == 67 and self.ps):
                 if t == 81:
                     if self.no_pqexec:
                         if pos:
@@ -226,50 +226,27 @@ class Client(LinkedFlow, asyncio.Protocol):
                             data, pos + 5, min(pos + 1 + ln, n)):
                         prepare.handoff(self, server, data, pos)     # SQL-level PREPARE/EXECUTE/DEALLOCATE
                         return
-                server.expect_rfq += 1
                 if not server.query_start:
                     now = time.monotonic()
                     server.query_start = now
                     if not server.xact_start:
                         server.xact_start = now
+                if t == 81 or t == 83:
+                    server.expect_rfq += 1
+                elif self.ps and t != 69 and t != 70:          # P B D C: may name prepared statements
+                    end = prepare.unnamed_batch_end(data, pos, self._max_packet)
+                    if end < 0:
+                        prepare.handoff(self, server, data, pos)
+                        return
+                    # a complete unnamed batch up to its Sync (lengths checked): one step to its end
+                    server.expect_rfq += 1
+                    pos = end
+                    continue
             elif t == 88:                     # 'X' Terminate
                 if pos:
                     server.transport.write(data[:pos])
                 self.close("client close request")
                 return
-            elif t == 80 or t == 66 or t == 68 or t == 69 or t == 70:   # P B D E F: extended-protocol work
-                if self.ps and t != 69 and t != 70 and pos >= vetted:
-                    vetted = prepare.unnamed_batch_end(data, pos, self._max_packet)
-                    if vetted < 0:
-                        prepare.handoff(self, server, data, pos)
-                        return
-                    # a complete unnamed batch up to its Sync (lengths checked): one step to its end
-                    server.expect_rfq += 1
-                    if not server.query_start:
-                        now = time.monotonic()
-                        server.query_start = now
-                        if not server.xact_start:
-                            server.xact_start = now
-                    pos = vetted
-                    continue
-                if not server.query_start:
-                    now = time.monotonic()
-                    server.query_start = now
-                    if not server.xact_start:
-                        server.xact_start = now
-            elif t == 67 and self.ps and pos >= vetted:   # 'C' Close: prepared statements are tracked
-                vetted = prepare.unnamed_batch_end(data, pos, self._max_packet)
-                if vetted < 0:
-                    prepare.handoff(self, server, data, pos)
-                    return
-                server.expect_rfq += 1
-                if not server.query_start:
-                    now = time.monotonic()
-                    server.query_start = now
-                    if not server.xact_start:
-                        server.xact_start = now
-                pos = vetted
-                continue
             if ln < 4 or ln > self._max_packet:
                 self.close("bad packet header" if ln < 4 else "max_packet_size exceeded", send_error=True)
                 return
