@@ -11,12 +11,8 @@ abort a transaction block like the real ones), and error positions mapped back o
 Works on one Query at a time: prepare.client_data calls client_query() for a Query text that may be one of the
 commands, and prepare.server_data hands CommandComplete/ErrorResponse answering it to response()."""
 
-import struct
-
 from pgbouncer_py.proto import sql
-from pgbouncer_py.proto.build import command_complete
-
-_I32 = struct.Struct("!I")
+from pgbouncer_py.proto.build import command_complete, msg
 
 
 class Job:
@@ -44,7 +40,7 @@ def _chars(b: bytes) -> int:
 
 
 def query_message(text: bytes) -> bytes:
-    return b"Q" + _I32.pack(len(text) + 5) + text + b"\0"
+    return msg(b"Q", text + b"\0")
 
 
 def _dollar_quote(text: bytes, base: bytes) -> bytes:
@@ -185,37 +181,32 @@ def parse_execute(client, server, key: bytes, out: list, q, stats) -> bool:
         lru[st.id] = st
     else:
         prepare._server_add(server, st, out, q)
-        out.append(_msg(b"P", b"\0PREPARE " + _quoted(st) + st.key + b"\0\0\0"))
+        out.append(msg(b"P", b"\0PREPARE " + _quoted(st) + st.key + b"\0\0\0"))
         q.append((prepare.K_PARSE_INJ, st, None))
-        out.append(_msg(b"B", b"\0\0\0\0\0\0\0\0"))
+        out.append(msg(b"B", b"\0\0\0\0\0\0\0\0"))
         q.append((prepare.K_BIND_INJ, None, None))
-        out.append(_msg(b"E", b"\0\0\0\0\0"))
+        out.append(msg(b"E", b"\0\0\0\0\0"))
         q.append((prepare.K_EXEC_INJ, st, None))
         stats.server_parse_count += 1
-    out.append(_msg(b"P", b"\0" + cmd.rewrite(text, _quoted(st)) + key[qend:]))
+    out.append(msg(b"P", b"\0" + cmd.rewrite(text, _quoted(st)) + key[qend:]))
     q.append((prepare.K_PARSE, None, None))
     return True
 
 
-def _msg(t: bytes, body: bytes) -> bytes:
-    return t + _I32.pack(len(body) + 4) + body
-
-
-def client_names_in_error(client, msg: bytes) -> bytes:
+def client_names_in_error(client, error: bytes) -> bytes:
     """An ErrorResponse that names one of the pooler's statements ("PGBOUNCER_7") gets the client's name."""
-    at = msg.find(b'"PGBOUNCER_')
+    at = error.find(b'"PGBOUNCER_')
     if at < 0:
-        return msg
-    end = msg.find(b'"', at + 11)
-    sid = msg[at + 11:end]
+        return error
+    end = error.find(b'"', at + 11)
+    sid = error[at + 11:end]
     if not sid.isdigit():
-        return msg
+        return error
     sid = int(sid)
     for name, st in client.prepared.items():
         if st.id == sid:
-            body = msg[5:].replace(msg[at:end + 1], b'"' + name + b'"')
-            return b"E" + _I32.pack(len(body) + 4) + body
-    return msg
+            return msg(b"E", error[5:].replace(error[at:end + 1], b'"' + name + b'"'))
+    return error
 
 
 # --- server -> client ---
@@ -228,7 +219,7 @@ def response(job: Job, t: int, body: bytes) -> bytes | None:
             job.actions.pop(0)
             return None
         job.actions.clear()
-        return command_complete(job.tag.decode()) if job.tag is not None else b"C" + _I32.pack(len(body) + 4) + body
+        return command_complete(job.tag.decode()) if job.tag is not None else msg(b"C", body)
     if job.actions and job.actions[0][0] == "evict" and b"C26000\0" in body and \
             b'"' + job.actions[0][1].server_name + b'"' in body:
         job.actions.pop(0)         # the evicted statement was already gone (deallocated behind our back)
@@ -284,4 +275,4 @@ def _error_fields(job: Job, body: bytes) -> bytes:
             f = f.replace(*job.rename)
         fields.append(f + b"\0")
     out = b"".join(fields) + b"\0"
-    return b"E" + _I32.pack(len(out) + 4) + out
+    return msg(b"E", out)
