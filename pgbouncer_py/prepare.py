@@ -218,6 +218,24 @@ def deactivate(server, client) -> None:
 
 # --- the server's LRU ---
 
+def lru_touch(lru: dict, st: Statement) -> bool:
+    """True when the server has `st`; it becomes the most recently used."""
+    if st.id in lru:
+        del lru[st.id]
+        lru[st.id] = st
+        return True
+    return False
+
+
+def lru_unevict(lru: dict, st: Statement) -> None:
+    """An eviction the server did not run: `st` is back, as the oldest."""
+    if st.id not in lru:
+        items = list(lru.items())
+        lru.clear()
+        lru[st.id] = st
+        lru.update(items)
+
+
 def evict_for_one(server) -> list[Statement]:
     """Take the least recently used statements out of the server's LRU until one more fits."""
     lru = server.prepared
@@ -237,10 +255,7 @@ def _server_add(server, st: Statement, out: list, q) -> None:
 
 
 def _ensure_on_server(server, st: Statement, out: list, q, stats) -> None:
-    lru = server.prepared
-    if st.id in lru:
-        del lru[st.id]                   # most recently used goes to the end
-        lru[st.id] = st
+    if lru_touch(server.prepared, st):
         return
     _server_add(server, st, out, q)
     out.append(st.parse_message())
@@ -366,10 +381,7 @@ def _client_message(client, server, t: int, body: bytes, data: bytes, pos: int, 
             raise PacketError(ERR_IN_USE)
         st = statements.get(key)
         client.prepared[name] = st
-        lru = server.prepared
-        if st.id in lru:
-            del lru[st.id]
-            lru[st.id] = st
+        if lru_touch(server.prepared, st):
             q.append((K_SYN_PARSE, st, name))
             return
         _server_add(server, st, out, q)
@@ -561,11 +573,7 @@ def _error_skip(server, client, q) -> None:
             if client.prepared.get(name) is st:
                 del client.prepared[name]
         elif kind == K_CLOSE_INJ:
-            if st.id not in lru:                  # the statement was not closed: it is the oldest again
-                items = list(lru.items())
-                lru.clear()
-                lru[st.id] = st
-                lru.update(items)
+            lru_unevict(lru, st)
         elif kind == K_SYN_CLOSE:
             if st is not None and name not in client.prepared:
                 client.prepared[name] = st

@@ -11,6 +11,7 @@ abort a transaction block like the real ones), and error positions mapped back o
 Works on one Query at a time: prepare.client_data calls client_query() for a Query text that may be one of the
 commands, and prepare.server_data hands CommandComplete/ErrorResponse answering it to response()."""
 
+from pgbouncer_py import prepare
 from pgbouncer_py.proto import sql
 from pgbouncer_py.proto.build import command_complete, msg
 
@@ -68,7 +69,6 @@ def _quoted(st) -> bytes:
 def client_query(client, server, text: bytes, q, stats, k_sql: int):
     """A Query whose text may be PREPARE/EXECUTE/DEALLOCATE: the message to send instead (and a K_SQL entry
     appended to q), or None to forward it untouched."""
-    from pgbouncer_py import prepare
     scs = server.params.get("standard_conforming_strings", "on") != "off"
     job = Job(client, server)
     try:
@@ -86,9 +86,7 @@ def client_query(client, server, text: bytes, q, stats, k_sql: int):
         st = prepare.statements.get(cmd.rest, sql=True)
         client.prepared[name] = st
         lru = server.prepared
-        if st.id in lru:
-            del lru[st.id]
-            lru[st.id] = st
+        if prepare.lru_touch(lru, st):
             return _noop(job, q, k_sql, b"PREPARE", ("known", st, name))
         prefix = _evictions(job, server)
         lru[st.id] = st
@@ -106,10 +104,7 @@ def client_query(client, server, text: bytes, q, stats, k_sql: int):
     stats.bind_count += 1
     lru = server.prepared
     prefix = b""
-    if st.id in lru:
-        del lru[st.id]
-        lru[st.id] = st
-    else:
+    if not prepare.lru_touch(lru, st):
         prefix = _evictions(job, server)
         prefix += b"PREPARE " + _quoted(st) + st.key + b"\n;\n"
         lru[st.id] = st
@@ -122,7 +117,6 @@ def client_query(client, server, text: bytes, q, stats, k_sql: int):
 
 def _evictions(job: Job, server) -> bytes:
     """Make room in the server's LRU for one statement: DEALLOCATE text for each evicted one."""
-    from pgbouncer_py import prepare
     parts = []
     for old in prepare.evict_for_one(server):
         parts.append(b'DEALLOCATE "' + old.server_name + b'";\n')
@@ -161,7 +155,6 @@ def parse_execute(client, server, key: bytes, out: list, q, stats) -> bool:
     with parameters, JDBC): rewrite the name, and first run the PREPARE with an injected unnamed
     Parse/Bind/Execute when the server lacks the statement (an error there skips the client's messages up to
     Sync, as it should). False: forward the Parse untouched."""
-    from pgbouncer_py import prepare
     qend = key.find(b"\0")
     text = key[:qend]
     scs = server.params.get("standard_conforming_strings", "on") != "off"
@@ -176,10 +169,7 @@ def parse_execute(client, server, key: bytes, out: list, q, stats) -> bool:
         return False                  # PostgreSQL answers: prepared statement "name" does not exist
     stats.bind_count += 1
     lru = server.prepared
-    if st.id in lru:
-        del lru[st.id]
-        lru[st.id] = st
-    else:
+    if not prepare.lru_touch(lru, st):
         prepare._server_add(server, st, out, q)
         out.append(msg(b"P", b"\0PREPARE " + _quoted(st) + st.key + b"\0\0\0"))
         q.append((prepare.K_PARSE_INJ, st, None))
@@ -233,11 +223,7 @@ def undo(job: Job) -> None:
     names = job.client.prepared
     for op, st, name in job.actions:
         if op == "evict":
-            if st.id not in lru:                           # still on the server: the oldest again
-                items = list(lru.items())
-                lru.clear()
-                lru[st.id] = st
-                lru.update(items)
+            prepare.lru_unevict(lru, st)
         elif op == "load":
             lru.pop(st.id, None)
         elif op == "prepare":
