@@ -776,6 +776,16 @@ def git_describe() -> str | None:
         return None
 
 
+def py_scanner(args) -> str | None:
+    """'compiled' when pgbouncer-py's copy runs with its C scanner (pgbouncer_py/proto/_scan.c built), else 'python'."""
+    if "py" not in args.poolers:
+        return None
+    code = "from pgbouncer_py.proto import scan; print('compiled' if scan.COMPILED else 'python')"
+    out = subprocess.run([args.py_python, "-c", code], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "PYTHONPATH": str(args.py_src)})
+    return out.stdout.strip() or None
+
+
 def ensure_user(name: str) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
@@ -887,7 +897,7 @@ def main(argv=None) -> int:
               "runs": args.runs, "duration": args.duration, "transactions": args.transactions, "scale": args.scale,
               "jobs": args.jobs, "cpus": os.cpu_count(), "auth_type": args.auth_type, "pool_size": args.pool_size,
               "py_python": args.py_python, "pgbouncer_version": pgbouncer_version, "smoke": args.smoke,
-              "git": git_describe()})
+              "git": git_describe(), "py_scanner": py_scanner(args)})
     try:
         cluster.start()
         if tests:

@@ -25,9 +25,9 @@ from pgbouncer_py.objects import (
 from pgbouncer_py.proto import build, sql
 from pgbouncer_py.proto import constants as C
 from pgbouncer_py.proto.messages import MessageReader, ProtocolError, parse_startup_packet
+from pgbouncer_py.proto.scan import client_scan as _client_scan
 
 _unpack_len = struct.Struct("!I").unpack_from
-_SQL_FIRST = sql.FIRST_BYTES
 
 PH_STARTUP, PH_AUTH, PH_WAIT_LOGIN, PH_WORK, PH_CLOSED = range(5)
 
@@ -52,6 +52,14 @@ def first_request_end(buf) -> int:
             return end
         pos = end
     return -1
+
+
+def _start_clock(server) -> None:
+    """The client's data is work for the server: its query (and transaction) clock starts."""
+    now = time.monotonic()
+    server.query_start = now
+    if not server.xact_start:
+        server.xact_start = now
 
 
 class Client(LinkedFlow, asyncio.Protocol):
@@ -209,48 +217,50 @@ class Client(LinkedFlow, asyncio.Protocol):
             self.tail = b""
             n = len(data)
         pos = self.skip
-        while pos < n:
+        flags = self.ps | (self.no_pqexec << 1)
+        while True:
+            # the walk (compiled when built) steps over what is routine, counting Query/Sync; it stops at
+            # what needs a look here: Terminate, a bad length, a Query that disable_pqexec refuses or that
+            # may be SQL PREPARE/EXECUTE/DEALLOCATE, Parse/Bind/Describe/Close that may name a statement
+            pos, syncs, work = _client_scan(data, pos, self._max_packet, flags)
+            if work and not server.query_start:
+                _start_clock(server)
+            server.expect_rfq += syncs
             if pos + 5 > n:
                 break
             t = data[pos]
             ln = _unpack_len(data, pos + 1)[0]
-            # Q S P B D E F, and C when statements are tracked: work for the server, its clock starts
-            if t == 81 or t == 83 or t == 80 or t == 66 or t == 68 or t == 69 or t == 70 or (t == 67 and self.ps):
-                if t == 81:
-                    if self.no_pqexec:
-                        if pos:
-                            server.transport.write(data[:pos])
-                        self.close("PQexec disallowed", send_error=True)
-                        return
-                    if self.ps and pos + 5 < n and data[pos + 5] in _SQL_FIRST and sql.might_start(
-                            data, pos + 5, min(pos + 1 + ln, n)):
-                        prepare.handoff(self, server, data, pos)     # SQL-level PREPARE/EXECUTE/DEALLOCATE
-                        return
-                if not server.query_start:
-                    now = time.monotonic()
-                    server.query_start = now
-                    if not server.xact_start:
-                        server.xact_start = now
-                if t == 81 or t == 83:
-                    server.expect_rfq += 1
-                elif self.ps and t != 69 and t != 70:          # P B D C: may name prepared statements
-                    end = prepare.unnamed_batch_end(data, pos, self._max_packet)
-                    if end < 0:
-                        prepare.handoff(self, server, data, pos)
-                        return
-                    # a complete unnamed batch up to its Sync (lengths checked): one step to its end
-                    server.expect_rfq += 1
-                    pos = end
-                    continue
-            elif t == 88:                     # 'X' Terminate
+            if t == 88:                       # 'X' Terminate
                 if pos:
                     server.transport.write(data[:pos])
                 self.close("client close request")
                 return
+            if t == 81:
+                if self.no_pqexec:
+                    if pos:
+                        server.transport.write(data[:pos])
+                    self.close("PQexec disallowed", send_error=True)
+                    return
+                if self.ps and sql.might_start(data, pos + 5, min(pos + 1 + ln, n)):
+                    prepare.handoff(self, server, data, pos)     # SQL-level PREPARE/EXECUTE/DEALLOCATE
+                    return
             if ln < 4 or ln > self._max_packet:
                 self.close("bad packet header" if ln < 4 else "max_packet_size exceeded", send_error=True)
                 return
-            pos += 1 + ln
+            if not server.query_start:
+                _start_clock(server)
+            if t == 81:                       # a Query that is not one of those commands after all
+                server.expect_rfq += 1
+                pos += 1 + ln
+                continue
+            # Parse/Bind/Describe/Close with statements tracked: a complete unnamed batch up to its Sync stays
+            # here (lengths checked, one step to its end); anything else is tracked from here on
+            end = prepare.unnamed_batch_end(data, pos, self._max_packet)
+            if end < 0:
+                prepare.handoff(self, server, data, pos)
+                return
+            server.expect_rfq += 1
+            pos = end
         if pos >= n:
             self.skip = pos - n
             server.transport.write(data)

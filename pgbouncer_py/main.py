@@ -30,6 +30,11 @@ def loop_name() -> str:
         return "asyncio"
 
 
+def scan_name() -> str:
+    from pgbouncer_py.proto import scan
+    return "compiled" if scan.COMPILED else "python"
+
+
 def new_event_loop():
     try:
         import uvloop
@@ -246,7 +251,7 @@ class Pooler:
         self._install_signals(loop)
         self.janitor.start()
         self._sd_notify("READY=1")
-        log.info(f"process up: {VERSION_STRING}, {loop_name()}, "
+        log.info(f"process up: {VERSION_STRING}, {loop_name()}, scanner: {scan_name()}, "
                  f"tls: {ssl.OPENSSL_VERSION}")
         await self.done
         self._sd_notify("STOPPING=1")

@@ -10,7 +10,7 @@ from collections import deque
 from pgbouncer_py import sqlprepare
 from pgbouncer_py.log import log
 from pgbouncer_py.objects import registry
-from pgbouncer_py.proto import sql
+from pgbouncer_py.proto import scan, sql
 
 _I32 = struct.Struct("!I")
 _unpack_len = _I32.unpack_from
@@ -50,7 +50,6 @@ _ENDS = {
 }
 _DROP = (K_PARSE_INJ, K_CLOSE_INJ, K_BIND_INJ, K_EXEC_INJ)
 
-_SQL_FIRST = sql.FIRST_BYTES
 
 PARSE_COMPLETE = b"1\0\0\0\4"
 CLOSE_COMPLETE = b"3\0\0\0\4"
@@ -596,28 +595,7 @@ def unnamed_batch_end(data: bytes, pos: int, max_packet: int = 2147483647) -> in
     """HOT helper: when the extended-protocol batch starting at `pos` is complete in `data` (up to its Sync) and
     uses only the unnamed statement, return the offset after its Sync: such a batch needs no tracking and stays
     on the fast path (pgbench -M extended, psycopg's parameterised queries). Else -1: track it."""
-    n = len(data)
-    while pos + 5 <= n:
-        t = data[pos]
-        end = pos + 1 + _unpack_len(data, pos + 1)[0]
-        if end > n or end < pos + 5 or end - pos - 1 > max_packet:
-            return -1                                 # incomplete, or a bad length: the tracked path decides
-        if t == 83:                                   # Sync: the batch is complete
-            return end
-        if t == 80:                                   # Parse: statement name first, then the query text
-            if end - pos < 8 or data[pos + 5] != 0 or (data[pos + 6] in _SQL_FIRST and sql.might_start(data, pos + 6, end)):
-                return -1                             # named, or maybe a SQL EXECUTE to rewrite
-        elif t == 66:                                 # Bind: portal name, then statement name
-            z = data.find(b"\0", pos + 5, end)
-            if z < 0 or z + 1 >= end or data[z + 1] != 0:
-                return -1
-        elif t == 68 or t == 67:                      # Describe / Close: 'S' or 'P', then the name
-            if end - pos < 7 or (data[pos + 5] == 83 and data[pos + 6] != 0):
-                return -1
-        elif t != 69 and t != 72:                     # Execute, Flush: nothing named
-            return -1
-        pos = end
-    return -1
+    return scan.unnamed_batch_end(data, pos, max_packet, sql.might_start)
 
 
 def handoff(client, server, data: bytes, pos: int) -> None:

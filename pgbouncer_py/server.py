@@ -24,6 +24,7 @@ from pgbouncer_py.proto.messages import (
     parse_parameter_status,
     parse_sasl_mechanisms,
 )
+from pgbouncer_py.proto.scan import server_scan as _server_scan
 
 _HDR = struct.Struct("!cI")
 _unpack_len = struct.Struct("!I").unpack_from
@@ -243,14 +244,15 @@ class Server(LinkedFlow, asyncio.Protocol):
             n = len(data)
         pos = self.skip
         release = False
-        while pos < n:
+        while True:
+            pos = _server_scan(data, pos)        # the next ReadyForQuery, ParameterStatus or short CommandComplete
             if pos + 5 > n:
                 break
             t = data[pos]
             end = pos + 1 + _unpack_len(data, pos + 1)[0]
+            if end > n:
+                break
             if t == 90:                      # 'Z' ReadyForQuery
-                if end > n:
-                    break
                 release = self._ready_for_query(data[pos + 5], stats)
                 if release == 2:
                     # statement mode and a transaction was opened: the client gets what came before
@@ -262,14 +264,10 @@ class Server(LinkedFlow, asyncio.Protocol):
                     pooling.statement_mode_violation(self)
                     return
             elif t == 83:                    # 'S' ParameterStatus
-                if end > n:
-                    break
                 name, value = parse_parameter_status(data[pos + 5:end])
                 self.params[name] = value
                 client.vars[name] = value
-            elif t == 67 and (end - pos == 20 or end - pos == 17):   # maybe DEALLOCATE ALL / DISCARD ALL
-                if end > n:
-                    break
+            else:                            # 'C' maybe DEALLOCATE ALL / DISCARD ALL
                 prepare.command_complete_hot(self, client, data, pos, end)
             pos = end
         if pos >= n:

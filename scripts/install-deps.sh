@@ -5,8 +5,9 @@
 # Run directly (`scripts/install-deps.sh`) or source it and call the functions:
 #   install_apt_packages   apt-get the Debian packages below when any is missing (sudo when not root)
 #   ensure_venv            .venv with --system-site-packages and `pip install -e '.[test]'`
+#   build_scanner          the optional C scanner, built in place (setup.py build_ext --inplace)
 #   ensure_test_user       root only: create $PGBTEST_USER (default pgbtest) and make the repo readable for it
-#   install_deps           all three (the user only when root)
+#   install_deps           all of these (the user only when root)
 # Environment: PGBTEST_USER (test user name), PGBTEST_SKIP_APT=1 (never call apt).
 
 set -euo pipefail
@@ -18,7 +19,7 @@ PGBTEST_HOME="${PGBTEST_HOME:-/var/lib/$PGBTEST_USER}"
 
 APT_PACKAGES=(
     postgresql postgresql-client pgbouncer
-    python3 python3-venv python3-uvloop python3-aiodns python3-cryptography python3-psycopg2
+    python3 python3-venv python3-dev gcc libc6-dev python3-uvloop python3-aiodns python3-cryptography python3-psycopg2
     procps util-linux ca-certificates
     python3-pampy libpam-pwdfile openssl iptables
     prometheus-pgbouncer-exporter
@@ -162,9 +163,19 @@ enable_tcp_migrate_req() {
     fi
 }
 
+# The optional compiled scanner (pgbouncer_py/proto/_scan.c), built in place so that the tests, the demo and
+# bench/ use it; without a compiler the pure-Python scanner (pgbouncer_py/proto/scan.py) is used instead.
+build_scanner() {
+    if ( cd "$REPO_ROOT" && "$VENV/bin/python" setup.py -q build_ext --inplace ) >/dev/null 2>&1; then
+        return 0
+    fi
+    _say "the C scanner did not build (gcc, python3-dev?): the pure-Python scanner is used"
+}
+
 install_deps() {
     install_apt_packages
     ensure_venv
+    build_scanner
     ensure_test_user
     enable_tcp_migrate_req
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one-command test run: install what is missing (scripts/install-deps.sh), ruff, then pytest.
 # As root, pytest runs as the unprivileged $PGBTEST_USER (PostgreSQL and the pooler refuse root)
-# with -m "not root", then as root with -m root. Extra arguments go to pytest: scripts/test.sh -k config
+# with -m "not root" (twice when the C scanner is built: on it, then pure Python), then as root with -m root.
+# Extra arguments go to pytest: scripts/test.sh -k config
 
 set -euo pipefail
 
@@ -71,6 +72,13 @@ EOF
 USER_LIMIT="${PGBTEST_TIMEOUT:-3000}" ROOT_LIMIT="${PGBTEST_ROOT_TIMEOUT:-1200}"
 PYTEST_OPTS=(-o faulthandler_timeout=300 --durations=10)
 
+# The optional C scanner was built (scripts/install-deps.sh build_scanner): the non-root tests then run twice,
+# on it and on the pure-Python scanner (PGBOUNCER_PY_PURE=1). PGBTEST_PURE_PASS=0 skips the second pass.
+compiled_scanner() {
+    [ "${PGBTEST_PURE_PASS:-1}" != 0 ] &&
+        "$PY" -c 'import sys; from pgbouncer_py.proto import scan; sys.exit(0 if scan.COMPILED else 1)' 2>/dev/null
+}
+
 declare -a run_names=() run_rcs=() run_counts=() run_times=()
 run_pytest() {  # name, then the command to run
     local name="$1" xml="$2" rc=0 t=$SECONDS
@@ -99,6 +107,16 @@ if [ "$(id -u)" -eq 0 ]; then
             HOME="$PGBTEST_HOME" TMPDIR="$RUN_TMP/user" USER="$PGBTEST_USER" LOGNAME="$PGBTEST_USER" \
             PATH="$SAFE_PATH" PYTHONDONTWRITEBYTECODE=1 \
             "$PY" -m pytest "${PYTEST_OPTS[@]}" -m "not root" --junitxml="$RUN_TMP/user/junit.xml" "$@"
+    if compiled_scanner; then
+        # the same tests once more on the pure-Python scanner, the fallback where no compiler was at hand
+        mkdir -p "$RUN_TMP/pure"
+        chown "$PGBTEST_USER:" "$RUN_TMP/pure"
+        run_pytest "as $PGBTEST_USER, -m 'not root', pure-Python scanner" "$RUN_TMP/pure/junit.xml" \
+            timeout --foreground -k 30 "$USER_LIMIT" runuser -u "$PGBTEST_USER" -- env -i "${PASS_ENV[@]}" \
+                HOME="$PGBTEST_HOME" TMPDIR="$RUN_TMP/pure" USER="$PGBTEST_USER" LOGNAME="$PGBTEST_USER" \
+                PATH="$SAFE_PATH" PYTHONDONTWRITEBYTECODE=1 PGBOUNCER_PY_PURE=1 \
+                "$PY" -m pytest "${PYTEST_OPTS[@]}" -m "not root" --junitxml="$RUN_TMP/pure/junit.xml" "$@"
+    fi
     run_pytest "as root, -m root" "$RUN_TMP/root/junit.xml" \
         timeout --foreground -k 30 "$ROOT_LIMIT" env TMPDIR="$RUN_TMP/root" PATH="$SAFE_PATH" PYTHONDONTWRITEBYTECODE=1 \
             "$PY" -m pytest "${PYTEST_OPTS[@]}" -m root --junitxml="$RUN_TMP/root/junit.xml" "$@"
@@ -108,6 +126,13 @@ else
     run_pytest "as $(id -un), -m 'not root'" "$RUN_TMP/user/junit.xml" \
         timeout --foreground -k 30 "$USER_LIMIT" env TMPDIR="$RUN_TMP/user" PATH="$SAFE_PATH" PYTHONDONTWRITEBYTECODE=1 \
             "$PY" -m pytest "${PYTEST_OPTS[@]}" -m "not root" --junitxml="$RUN_TMP/user/junit.xml" "$@"
+    if compiled_scanner; then
+        mkdir -p "$RUN_TMP/pure"
+        run_pytest "as $(id -un), -m 'not root', pure-Python scanner" "$RUN_TMP/pure/junit.xml" \
+            timeout --foreground -k 30 "$USER_LIMIT" env TMPDIR="$RUN_TMP/pure" PATH="$SAFE_PATH" \
+                PYTHONDONTWRITEBYTECODE=1 PGBOUNCER_PY_PURE=1 \
+                "$PY" -m pytest "${PYTEST_OPTS[@]}" -m "not root" --junitxml="$RUN_TMP/pure/junit.xml" "$@"
+    fi
 fi
 
 # Exit 5 (nothing collected) is fine for a run as long as some run collected tests.

@@ -30,7 +30,7 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[2]
 SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # Debian's python3, not a pyenv/venv one, builds the package
-BUILD_DEPS = ["build-essential", "debhelper", "dh-python", "python3-all", "python3-setuptools",
+BUILD_DEPS = ["build-essential", "debhelper", "dh-python", "python3-all-dev", "python3-setuptools",
               "pybuild-plugin-pyproject", "fakeroot", "lintian", "man-db", "groff-base"]
 RUN_DEPS = ["python3-cryptography", "python3-uvloop", "python3-aiodns", "python3-pampy", "postgresql-common",
             "postgresql", "postgresql-client"]
@@ -218,7 +218,7 @@ def deb(workdir: Path) -> Path:
     for generated in ("debian/pgbouncer-py", "debian/.debhelper", "debian/build-man"):
         shutil.rmtree(src / generated, ignore_errors=True)
     sh(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=src, timeout=600)
-    debs = sorted(workdir.glob("pgbouncer-py_*_all.deb"))
+    debs = sorted(workdir.glob("pgbouncer-py_*.deb"))
     assert len(debs) == 1, debs
     debs[0].chmod(0o644)
     return debs[0]
@@ -322,6 +322,9 @@ def test_fresh_install_conffiles_man_pages_service_and_purge(deb: Path, machine)
     assert sorted(Path("/etc").glob("rc2.d/S*pgbouncer")) != []
     version = sh(["runuser", "-u", "postgres", "--", "/usr/sbin/pgbouncer", "-V"]).stdout
     assert version.startswith("PgBouncer ")
+    # the package is built with the compiled scanner, and Debian's python3 loads it
+    code = "from pgbouncer_py.proto import scan; print(scan.COMPILED, scan.server_scan.__module__)"
+    assert sh(["/usr/bin/python3", "-c", code], cwd="/").stdout.split() == ["True", "pgbouncer_py.proto._scan"]
 
     man_env = {"MANPAGER": "cat", "MANWIDTH": "100"}
     page1 = sh(["man", "--warnings", "pgbouncer"], env=man_env)
