@@ -256,9 +256,32 @@ def render_ini(*, listen_port: int, pg_port: int, mode: str, pool_size: int, run
 
 
 def pooler_command(kind: str, ini: Path, args) -> list[str]:
-    if kind == "pgbouncer":
-        return [args.pgbouncer, str(ini)]
-    return [args.py_python, "-m", "pgbouncer_py", str(ini)]
+    cmd = [args.pgbouncer, str(ini)] if kind == "pgbouncer" else [args.py_python, "-m", "pgbouncer_py", str(ini)]
+    if args.callgrind:
+        return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={ini.parent / 'callgrind.out'}", *cmd]
+    return cmd
+
+
+def callgrind_total(pid: int, rundir: Path, zero: bool = False) -> int:
+    """Instructions the pooler under callgrind executed since its counters were last zeroed (then zero them)."""
+    before = set(rundir.glob("callgrind.out.*"))
+    subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, timeout=120, check=True)
+    deadline = time.monotonic() + 60
+    while True:
+        new = set(rundir.glob("callgrind.out.*")) - before
+        if new:
+            dump = max(new, key=lambda f: f.stat().st_mtime)
+            totals = [line for line in dump.read_text(errors="replace").splitlines()
+                      if line.startswith(("totals:", "summary:"))]
+            if totals:
+                break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"callgrind wrote no dump in {rundir}")
+        time.sleep(0.2)
+    dump.unlink()
+    if zero:
+        subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True, timeout=120, check=True)
+    return int(totals[0].split()[1])
 
 
 def snapshot_pgbouncer(binary: str, base: Path) -> tuple[str, str]:
@@ -326,6 +349,8 @@ class PoolerGroup:
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 20.0) -> None:
+        if self.args.callgrind:
+            timeout = 300.0          # Python's start-up alone takes ~30 s under valgrind
         deadline = time.monotonic() + timeout
         pending = list(range(self.procs))
         last = ""
@@ -409,23 +434,46 @@ def parse_pgbench(out: str) -> dict:
     return res
 
 
-def pgbench_command(cluster: Cluster, port: int, test: Test, args) -> list[str]:
+def pgbench_command(cluster: Cluster, port: int, test: Test, args, transactions: int = 0) -> list[str]:
     jobs = max(1, min(args.jobs, test.clients))
+    transactions = transactions or args.transactions
     cmd = [cluster.bin("pgbench"), "-n", "-h", "127.0.0.1", "-p", str(port), "-U", DB_USER,
            "-c", str(test.clients), "-j", str(jobs), "-M", test.protocol]
     if test.select_only:
         cmd.append("-S")
     if test.connect:
         cmd.append("-C")
-    if args.transactions:
-        cmd += ["-t", str(max(2, args.transactions // test.clients))]
+    if transactions:
+        cmd += ["-t", str(max(2, transactions // test.clients))]
     else:
         cmd += ["-T", str(args.duration)]
     return cmd + [DB_NAME]
 
 
+def run_counted(cluster: Cluster, target, test: Test, args) -> dict:
+    """--callgrind: the pooler's instructions per transaction, from two pgbench runs of different lengths (their
+    difference cancels what does not grow with transactions: pgbench's logins, the janitor's ticks)."""
+    pid, rundir = target.pids[0], target.rundirs[0]
+    counts = []
+    for share in (4, 1):
+        if not test.select_only:
+            cluster.reset_tpcb()
+        callgrind_total(pid, rundir, zero=True)
+        cmd = pgbench_command(cluster, target.port, test, args, max(2 * test.clients, args.transactions // share))
+        out = subprocess.run(cmd, capture_output=True, text=True, env=client_env(), timeout=3600)
+        res = parse_pgbench(out.stdout)
+        if out.returncode or not res.get("transactions"):
+            return {"ok": False, "error": f"pgbench exit {out.returncode}: {out.stderr.strip()[-300:]}"}
+        counts.append((res["transactions"], callgrind_total(pid, rundir)))
+    (t1, i1), (t2, i2) = counts
+    return {"ok": True, "tps": None, "transactions": t2, "instructions": i2,
+            "instr_per_txn": round((i2 - i1) / (t2 - t1)) if t2 > t1 else None}
+
+
 def run_pgbench(cluster: Cluster, target, test: Test, args) -> dict:
     """One pgbench run against `target` (a PoolerGroup, or None for PostgreSQL itself)."""
+    if args.callgrind and target is not None:
+        return run_counted(cluster, target, test, args)
     if not test.select_only:
         cluster.reset_tpcb()
     if target is not None:
@@ -585,8 +633,11 @@ def run_matrix(tests: list[Test], poolers: list[str], cluster: Cluster, base: Pa
                         failed[key] = r["error"]
                         log(f"  {test.name} {kind} {mode}: FAILED {r['error'][:200]}")
                     else:
-                        cpu = f" {r['cpu_us_per_txn']} us/txn" if "cpu_us_per_txn" in r else ""
-                        log(f"  {test.name:28} {kind:9} {mode:11} tps {r['tps']:10.1f}{cpu}")
+                        if args.callgrind:
+                            log(f"  {test.name:28} {kind:9} {mode:11} {r['instr_per_txn']} instructions/txn")
+                        else:
+                            cpu = f" {r['cpu_us_per_txn']} us/txn" if "cpu_us_per_txn" in r else ""
+                            log(f"  {test.name:28} {kind:9} {mode:11} tps {r['tps']:10.1f}{cpu}")
                     res.emit(rec)
     finally:
         for g in groups.values():
@@ -629,10 +680,13 @@ def summarize(tests: list[Test], poolers: list[str], res: Results) -> list[str]:
              "tps": median_or_none([r["tps"] for r in ok]),
              "latency_ms": median_or_none([r.get("latency_ms") for r in ok]),
              "cpu_us_per_txn": median_or_none([r.get("cpu_us_per_txn") for r in ok]),
+             "instr_per_txn": median_or_none([r.get("instr_per_txn") for r in ok]),
              "error": None if ok else rs[0].get("error")}
         summary[(test, mode, pooler)] = s
         res.emit(s)
 
+    if any(r.get("instr_per_txn") for r in runs):
+        return lines + summarize_instructions(tests, summary)
     head = ("test", "mode", "direct tps", "PgB tps", "py tps", "tps py/PgB", "PgB us/txn", "py us/txn",
             "cpu py/PgB", "PgB lat ms", "py lat ms", "target")
     rows = []
@@ -701,6 +755,19 @@ def summarize(tests: list[Test], poolers: list[str], res: Results) -> list[str]:
     return lines
 
 
+def summarize_instructions(tests: list[Test], summary: dict) -> list[str]:
+    """--callgrind: user-space instructions per transaction, PgBouncer against pgbouncer-py."""
+    rows = []
+    for test in tests:
+        for mode in test.modes:
+            b, p = summary.get((test.name, mode, "pgbouncer")), summary.get((test.name, mode, "py"))
+            if not (b or p):
+                continue
+            bi, pi = (s and s["instr_per_txn"] for s in (b, p))
+            rows.append((test.name, mode, fmt(bi, ".0f"), fmt(pi, ".0f"), fmt(ratio(pi, bi), ".2f")))
+    return table(("test", "mode", "PgB instr/txn", "py instr/txn", "py/PgB"), rows)
+
+
 def table(head, rows) -> list[str]:
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
     def fmt_row(r):
@@ -743,6 +810,9 @@ def parse_args(argv):
     p.add_argument("--py-python", default=None, help="python for pgbouncer-py (default /usr/bin/python3)")
     p.add_argument("--pg-bindir", help="PostgreSQL bin directory (default: newest /usr/lib/postgresql/*/bin)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, inis)")
+    p.add_argument("--callgrind", action="store_true",
+                   help="count each pooler's user-space instructions per transaction under valgrind's callgrind "
+                        "instead of timing it: the same figure on a busy machine (needs valgrind; slow)")
     p.add_argument("--user", default=BENCH_USER, help="unprivileged user to run as when started as root")
     p.add_argument("--json-fd", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -752,7 +822,12 @@ def parse_args(argv):
             args.idle_clients = "100,300"
         if args.active_clients == "1000,5000":
             args.active_clients = "200"
+    if args.callgrind:
+        args.runs, args.transactions = 1, args.transactions or 4000
+        args.idle_clients = ""
     args.poolers = [x for x in args.poolers.split(",") if x]
+    if args.callgrind:
+        args.poolers = [x for x in args.poolers if x != "direct"]
     bad = set(args.poolers) - set(POOLER_LABELS)
     if bad:
         p.error(f"unknown pooler(s) {sorted(bad)}; choose from direct,pgbouncer,py")
@@ -834,7 +909,7 @@ def reexec_unprivileged(args, argv) -> int:
             continue
         child_argv.append(a)
     cmd = [args.client_python, str(script), *child_argv, "--json-fd", str(out_fd if out_fd else -1)]
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TERM", "TZ")}
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TERM", "TZ", "PGBOUNCER_PY_PURE")}
     env.update(HOME="/tmp", USER=user.pw_name, LOGNAME=user.pw_name)
 
     def demote():
