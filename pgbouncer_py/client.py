@@ -5,7 +5,7 @@ import os
 import struct
 import time
 
-from pgbouncer_py import pooling, prepare
+from pgbouncer_py import pooling, prepare, varcache
 from pgbouncer_py.auth import login
 from pgbouncer_py.log import log
 from pgbouncer_py.net import tls
@@ -86,7 +86,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.dbname = ""
         self.link = None
         self.pool_mode = "session"
-        self.vars: dict[str, str] = {}
+        self.vars = varcache.Values()
         self.startup_params: dict[str, str] = {}
         self.startup_buf = bytearray()
         self.reader = None

@@ -6,7 +6,7 @@ import ssl
 import struct
 import time
 
-from pgbouncer_py import pooling, prepare
+from pgbouncer_py import pooling, prepare, varcache
 from pgbouncer_py.auth import md5 as md5auth
 from pgbouncer_py.auth import scram
 from pgbouncer_py.log import log
@@ -45,7 +45,9 @@ class Server(LinkedFlow, asyncio.Protocol):
         self.port = port
         self.unix_path = unix_path
         self.reader = MessageReader()
-        self.params: dict[str, str] = {}
+        self.params = varcache.Values()
+        self.vars_checked_at = 0         # varcache.covered: params version the set below is valid for
+        self.vars_checked: set = set()   # client vars versions known to be covered by params
         self.backend_pid = 0
         self.backend_key = b""
         self.cancel_key_raw = b""

@@ -11,7 +11,7 @@ import socket
 import struct
 import time
 
-from pgbouncer_py import prepare
+from pgbouncer_py import prepare, varcache
 from pgbouncer_py.log import log
 from pgbouncer_py.objects import (
     CL_ACTIVE,
@@ -525,7 +525,7 @@ def _server_from_row(fd: int, r: dict, st: dict | None, sock: socket.socket):
     pool = registry.get_pool(db, _user(st["user"]))
     s = Server(pool, st["host"], st["port"], st.get("unix_path"))
     s.phase = PH_WORK
-    s.params = dict(st.get("params") or {})
+    s.params = varcache.Values(st.get("params") or {})
     s.backend_pid = st.get("backend_pid", 0)
     s.backend_key = _unhex(st.get("backend_key"))
     s.ready = st.get("ready", True)
@@ -561,7 +561,7 @@ def _client_from_row(fd: int, r: dict, st: dict | None, listeners):
     pool_user = _user(st.get("pool_user") or st["username"])
     c.pool = registry.get_pool(db, pool_user)
     c.pool_mode = st.get("pool_mode") or c.pool.pool_mode(registry.cfg)
-    c.vars = dict(st.get("vars") or {})
+    c.vars = varcache.Values(st.get("vars") or {})
     c.startup_params = dict(st.get("startup_params") or {})
     c.cancel_key = _unhex(st.get("cancel_key"))
     c.pending = bytearray(_unhex(st.get("pending")))

@@ -1,10 +1,75 @@
 """Tracked session parameters ("varcache"): which ones follow a client from server to server, and the SET
 that makes a freshly linked server agree with the client. Pure functions: no I/O, no clock."""
 
+import itertools
+
 # always tracked, in the order the SETs are sent; track_extra_parameters adds more (IntervalStyle by default)
 TRACKED_PARAMS = ("client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings", "application_name")
 
 _cache: tuple = (None, None, TRACKED_PARAMS)
+_versions = itertools.count(1)
+
+
+class Values(dict):
+    """Parameter name -> value (a client's vars, a server's params) that takes a new, never reused version number
+    on every change: a (server params version, client vars version) pair checked once stays checked."""
+
+    __slots__ = ("version",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.version = next(_versions)
+
+    def __setitem__(self, key, value):
+        dict.__setitem__(self, key, value)
+        self.version = next(_versions)
+
+    def __delitem__(self, key):
+        dict.__delitem__(self, key)
+        self.version = next(_versions)
+
+    def __ior__(self, other):
+        dict.update(self, other)
+        self.version = next(_versions)
+        return self
+
+    def update(self, *args, **kwargs):
+        dict.update(self, *args, **kwargs)
+        self.version = next(_versions)
+
+    def setdefault(self, key, default=None):
+        self.version = next(_versions)
+        return dict.setdefault(self, key, default)
+
+    def pop(self, *args):
+        self.version = next(_versions)
+        return dict.pop(self, *args)
+
+    def popitem(self):
+        self.version = next(_versions)
+        return dict.popitem(self)
+
+    def clear(self):
+        dict.clear(self)
+        self.version = next(_versions)
+
+
+def covered(client_vars: Values, server) -> bool:
+    """Every value the client set is what the server has (client_vars a subset of server.params). HOT: each
+    server remembers which client vars versions it has matched since its own params last changed."""
+    params = server.params
+    if params.version != server.vars_checked_at:
+        server.vars_checked_at = params.version
+        server.vars_checked = set()
+    elif client_vars.version in server.vars_checked:
+        return True
+    if not client_vars.items() <= params.items():
+        return False
+    checked = server.vars_checked
+    if len(checked) >= 4096:        # bounded: many distinct clients only cost a re-check
+        checked.clear()
+    checked.add(client_vars.version)
+    return True
 
 
 def tracked_params(cfg) -> tuple[str, ...]:

@@ -58,3 +58,53 @@ def test_adopt_canonical(client, server, expected):
 ])
 def test_quote_literal(value, quoted):
     assert varcache.quote_literal(value) == quoted
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d.__setitem__("TimeZone", "UTC"),
+    lambda d: d.__delitem__("DateStyle"),
+    lambda d: d.update(TimeZone="UTC"),
+    lambda d: d.__ior__({"TimeZone": "UTC"}),
+    lambda d: d.setdefault("IntervalStyle", "postgres"),
+    lambda d: d.pop("DateStyle"),
+    lambda d: d.popitem(),
+    lambda d: d.clear(),
+], ids=["set", "del", "update", "ior", "setdefault", "pop", "popitem", "clear"])
+def test_values_take_a_new_version_on_every_change(change):
+    d = varcache.Values({"DateStyle": "ISO, MDY"})
+    other = varcache.Values({"DateStyle": "ISO, MDY"})
+    before = d.version
+    change(d)
+    assert d.version > before and d.version != other.version     # never reused, not shared between dicts
+
+
+class _Server:
+    def __init__(self, params):
+        self.params = varcache.Values(params)
+        self.vars_checked_at = 0
+        self.vars_checked = set()
+
+
+def test_covered_remembers_only_what_still_holds():
+    server = _Server({"TimeZone": "UTC", "DateStyle": "ISO, MDY", "server_version": "15"})
+    client = varcache.Values({"TimeZone": "UTC"})
+    assert varcache.covered(client, server)
+    assert client.version in server.vars_checked
+    assert varcache.covered(client, server)                      # from the remembered check
+    client["TimeZone"] = "Europe/Paris"                          # the client SETs something: checked again
+    assert not varcache.covered(client, server)
+    server.params["TimeZone"] = "Europe/Paris"                   # the server follows: a new params version
+    assert varcache.covered(client, server)
+    server.params["DateStyle"] = "German, DMY"                   # a value the client did not set
+    assert varcache.covered(client, server)
+    client["DateStyle"] = "ISO, MDY"
+    assert not varcache.covered(client, server)                  # a failed check is never remembered
+    assert not varcache.covered(client, server)
+
+
+def test_covered_forgets_when_many_clients_were_checked():
+    server = _Server({"TimeZone": "UTC"})
+    clients = [varcache.Values({"TimeZone": "UTC"}) for _ in range(5000)]
+    assert all(varcache.covered(c, server) for c in clients)
+    assert len(server.vars_checked) <= 4096
+    assert varcache.covered(clients[0], server)
