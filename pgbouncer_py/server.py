@@ -246,7 +246,7 @@ class Server(LinkedFlow, asyncio.Protocol):
             n = len(data)
         pos = self.skip
         release = False
-        while True:
+        while pos + 5 <= n:
             pos = _server_scan(data, pos)        # the next ReadyForQuery, ParameterStatus or short CommandComplete
             if pos + 5 > n:
                 break
