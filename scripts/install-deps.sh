@@ -20,7 +20,7 @@ PGBTEST_HOME="${PGBTEST_HOME:-/var/lib/$PGBTEST_USER}"
 APT_PACKAGES=(
     postgresql postgresql-client pgbouncer
     python3 python3-venv python3-dev gcc libc6-dev python3-uvloop python3-aiodns python3-cryptography python3-psycopg2
-    procps util-linux ca-certificates
+    procps util-linux ca-certificates valgrind
     python3-pampy libpam-pwdfile openssl iptables
     prometheus-pgbouncer-exporter
     default-jdk-headless libpostgresql-jdbc-java

@@ -76,3 +76,22 @@ def test_idle_rss_measured(smoke, pooler, clients):
     _, records = smoke
     idle = [r for r in records if r["kind"] == "idle" and r["pooler"] == pooler and r["clients"] == clients]
     assert len(idle) == 1 and idle[0]["ok"] and idle[0]["rss_bytes"] > 1_000_000, idle
+
+
+@pytest.mark.skipif(not shutil.which("valgrind") or not shutil.which("callgrind_control"),
+                    reason="needs valgrind (Debian package valgrind)")
+def test_callgrind_mode_counts_instructions(tmp_path):
+    """`--callgrind`: both poolers run under callgrind and report user-space instructions per transaction; the
+    C PgBouncer's figure is of the order bench/README.md gives, and pgbouncer-py's is above it."""
+    out = tmp_path / "cg.jsonl"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--callgrind", "--scale", "1",
+                           "--transactions", "400", "--modes", "transaction", "--only", "S-simple-c10",
+                           "--poolers", "pgbouncer,py", "--json", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = {r["pooler"]: r for r in map(json.loads, out.read_text().splitlines()) if r["kind"] == "run"}
+    assert set(runs) == {"pgbouncer", "py"} and all(r["ok"] for r in runs.values()), runs
+    pgb, py = runs["pgbouncer"]["instr_per_txn"], runs["py"]["instr_per_txn"]
+    assert 1_000 < pgb < 50_000 and py > pgb, (pgb, py)
+    row = next(line.split() for line in proc.stdout.splitlines() if line.startswith("S-simple-c10"))
+    assert row[:4] == ["S-simple-c10", "transaction", str(pgb), str(py)]
