@@ -16,7 +16,7 @@ from pgbouncer_py.objects import (
     set_client_state,
     set_server_state,
 )
-from pgbouncer_py.varcache import TRACKED_PARAMS, covered, tracked_params  # noqa: F401  (stable names for callers)
+from pgbouncer_py.varcache import TRACKED_PARAMS, tracked_params  # noqa: F401  (stable names for callers)
 
 
 def server_password(pool) -> str | None:
@@ -159,7 +159,7 @@ def link_idle_fast(client):
     delay = cfg.server_check_delay
     if delay is not None and delay >= 0 and now - server.idle_since >= delay:
         return None
-    if not covered(client.vars, server):
+    if not varcache.covered(client.vars, server):
         return None
     stats = pool.db.stats
     stats.server_assignment_count += 1
@@ -236,8 +236,8 @@ def link(client, server) -> None:
     if server.replication is not None:      # walsenders accept no SET
         client.link_ready()
         return
-    if covered(client.vars, server):
-        # the usual case: every value the client set is already what the server has (one C-level check)
+    if varcache.covered(client.vars, server):
+        # the usual case: every value the client set is already what the server has (remembered per server)
         client.link_ready()
         return
     sql = varcache.set_statements(tracked_params(registry.cfg), client.vars, server.params)

@@ -269,7 +269,7 @@ class Server(LinkedFlow, asyncio.Protocol):
                 name, value = parse_parameter_status(data[pos + 5:end])
                 self.params[name] = value
                 client.vars[name] = value
-            else:                            # 'C' maybe DEALLOCATE ALL / DISCARD ALL
+            else:                            # 'C' of 16/19 bytes (the scan stops at no other): DEALLOCATE/DISCARD ALL?
                 prepare.command_complete_hot(self, client, data, pos, end)
             pos = end
         if pos >= n:

@@ -60,7 +60,7 @@ def covered(client_vars: Values, server) -> bool:
     params = server.params
     if params.version != server.vars_checked_at:
         server.vars_checked_at = params.version
-        server.vars_checked = set()
+        server.vars_checked.clear()
     elif client_vars.version in server.vars_checked:
         return True
     if not client_vars.items() <= params.items():
