@@ -6,6 +6,7 @@
 #   install_apt_packages   apt-get the Debian packages below when any is missing (sudo when not root)
 #   ensure_venv            .venv with --system-site-packages and `pip install -e '.[test]'`
 #   build_scanner          the optional C scanner, built in place (setup.py build_ext --inplace)
+#   ensure_pgbouncer_124   unpack the real PgBouncer 1.24.1 (../shared/tools/pgbouncer-1.24) for comparison tests
 #   ensure_test_user       root only: create $PGBTEST_USER (default pgbtest) and make the repo readable for it
 #   install_deps           all of these (the user only when root)
 # Environment: PGBTEST_USER (test user name), PGBTEST_SKIP_APT=1 (never call apt).
@@ -172,10 +173,23 @@ build_scanner() {
     _say "the C scanner did not build (gcc, python3-dev?): the pure-Python scanner is used"
 }
 
+# The real PgBouncer 1.24.1 that comparison tests run beside ours (tests/pgutil.py binary="c124"): the shared tool
+# ../shared/tools/pgbouncer-1.24 downloads Debian 13's package once and unpacks it (as root, under /opt, so the
+# unprivileged test user can run it too). Without the shared directory the comparison tests fail and say why.
+ensure_pgbouncer_124() {
+    local tool="$REPO_ROOT/../shared/tools/pgbouncer-1.24"
+    if [ ! -x "$tool" ]; then
+        _say "$tool not found: the tests that compare with PgBouncer 1.24.1 will fail"
+        return 0
+    fi
+    "$tool" --path >/dev/null || { _say "could not unpack PgBouncer 1.24.1 with $tool"; return 1; }
+}
+
 install_deps() {
     install_apt_packages
     ensure_venv
     build_scanner
+    ensure_pgbouncer_124
     ensure_test_user
     enable_tcp_migrate_req
 }

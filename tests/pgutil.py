@@ -44,6 +44,10 @@ STATS_USER, STATS_PASSWORD = "pgb_stats", "statspass"
 DEFAULT_USERLIST: dict[str, str] = {**PASSWORDS, ADMIN_USER: ADMIN_PASSWORD, STATS_USER: STATS_PASSWORD}
 
 C_PGBOUNCER = os.environ.get("PGBOUNCER_C_BIN", "/usr/sbin/pgbouncer")
+# The real PgBouncer 1.24.1 (Debian 13's binary) through the shared tool beside the repository
+# (../shared/tools/pgbouncer-1.24; scripts/install-deps.sh unpacks it as root so the test user can run it).
+PGB124 = os.environ.get("PGBOUNCER_124_BIN",
+                        str(Path(__file__).resolve().parents[2] / "shared" / "tools" / "pgbouncer-1.24"))
 # libpq environment that must not leak into the clients the tests run
 _PG_ENV_VARS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGPASSFILE",
                 "PGSERVICE", "PGSERVICEFILE", "PGOPTIONS", "PGSSLMODE", "PGAPPNAME", "PGCONNECT_TIMEOUT",
@@ -126,6 +130,17 @@ def check_c_pgbouncer() -> None:
     if magic != b"\x7fELF" or not os.access(C_PGBOUNCER, os.X_OK):
         raise HarnessError(f"{C_PGBOUNCER} is not Debian's PgBouncer binary (not an ELF executable): "
                            "reinstall the pgbouncer package, or point PGBOUNCER_C_BIN at the real one")
+
+
+def check_pgbouncer_124() -> None:
+    """Fail loudly unless the real PgBouncer 1.24.1 runs here (the shared tool, unpacked)."""
+    try:
+        out = subprocess.run([PGB124, "-V"], capture_output=True, text=True, timeout=120, env=clean_env())
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise HarnessError(f"PgBouncer 1.24.1 is not usable through {PGB124}: {exc} "
+                           "(scripts/install-deps.sh unpacks it; PGBOUNCER_124_BIN points elsewhere)") from exc
+    if not out.stdout.startswith("PgBouncer 1.24"):
+        raise HarnessError(f"{PGB124} -V did not report PgBouncer 1.24: {out.stdout!r} {out.stderr!r}")
 
 
 def quote_connstr_value(value: Any) -> str:
@@ -678,9 +693,10 @@ class PoolerFactory:
           postgres, testdb, otherdb and benchdb of the `pg` cluster over TCP.
         userlist: {user: password-or-secret} or raw auth_file text; None = DEFAULT_USERLIST.
         hba: auth_hba_file text; sets auth_type = hba unless ini_settings says otherwise.
-        binary: "py" (python -m pgbouncer_py) or "c" (Debian's /usr/sbin/pgbouncer)."""
-        if binary not in ("py", "c"):
-            raise HarnessError(f"binary must be 'py' or 'c', not {binary!r}")
+        binary: "py" (python -m pgbouncer_py), "c" (Debian 12's /usr/sbin/pgbouncer, 1.18) or "c124" (the real
+          PgBouncer 1.24.1 through ../shared/tools/pgbouncer-1.24)."""
+        if binary not in ("py", "c", "c124"):
+            raise HarnessError(f"binary must be 'py', 'c' or 'c124', not {binary!r}")
         index = len(self.poolers)
         name = f"{binary}{index}"
         workdir = self.tmp_path / f"pooler-{name}"
@@ -722,6 +738,9 @@ class PoolerFactory:
         ini_path = workdir / "pgbouncer.ini"
         if binary == "py":
             cmd = [self.python, "-m", "pgbouncer_py", *extra_args, str(ini_path)]
+        elif binary == "c124":
+            check_pgbouncer_124()
+            cmd = [PGB124, *extra_args, str(ini_path)]
         else:
             check_c_pgbouncer()
             cmd = [C_PGBOUNCER, *extra_args, str(ini_path)]

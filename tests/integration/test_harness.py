@@ -179,3 +179,15 @@ def test_failed_start_reports_the_log(pooler_factory):
     with pytest.raises(HarnessError, match=r"(?s)exited with code.*pgbouncer\.ini"):
         pooler_factory.start(binary="c", ini_settings={"auth_file": None, "auth_type": "no-such-method"},
                              timeout=10)
+
+
+def test_real_pgbouncer_124_runs_beside_ours(pooler_factory):
+    """binary='c124' is the real PgBouncer 1.24.1 (../shared/tools/pgbouncer-1.24) on the same kind of ini."""
+    ref = pooler_factory.start(binary="c124", ini_settings={"server_tls_sslmode": "disable"})
+    ours = pooler_factory.start(ini_settings={"server_tls_sslmode": "disable"})
+    assert ref.admin_result("SHOW VERSION")[1][0][0] == "PgBouncer 1.24.1"
+    assert ours.admin_result("SHOW VERSION")[1][0][0].startswith("PgBouncer 1.25")
+    for p in (ref, ours):
+        assert p.psql("-Atc", "select current_user", check=True).stdout == "md5user\n"
+    ref.stop()
+    assert not ref.is_running()
