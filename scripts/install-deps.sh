@@ -118,7 +118,9 @@ ensure_venv() {
     fi
     # Reinstall only when pyproject.toml changed (or the venv is new).
     local stamp="$VENV/.pgbouncer-py-deps" want
-    local -a reqs=(-e '.[test]' 'pytest>=8')
+    # editable_mode=compat: a plain path entry, which comes before the system's dist-packages; the default finder hook
+    # would lose to an installed Debian package of pgbouncer-py (the root package test installs one)
+    local -a reqs=(--config-settings editable_mode=compat -e '.[test]' 'pytest>=8')
     want="$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -d' ' -f1) ${reqs[*]} $("$VENV/bin/python" -VV | tr -d '\n')"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         return 0
