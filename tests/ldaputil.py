@@ -75,9 +75,11 @@ def _conf(directory: Path, tls: TlsFiles) -> str:
 
 
 class Slapd:
-    """slapd in `directory`: .port (ldap://, StartTLS offered), .tls_port (ldaps://), .tls (the certificates)."""
+    """slapd in `directory`: .port (ldap://, StartTLS offered), .tls_port (ldaps://), .tls (the certificates).
+    It listens on 127.0.0.1 and on `wrong_host`, an address its certificate does not name."""
 
     host = "127.0.0.1"
+    wrong_host = "127.0.0.3"
 
     def __init__(self, directory: Path):
         self.dir = Path(directory)
@@ -100,7 +102,8 @@ class Slapd:
             raise HarnessError(f"slapadd failed: {load.stdout}{load.stderr}")
         for _attempt in range(3):
             self.port, self.tls_port = free_port(), free_port()
-            urls = f"ldap://{self.host}:{self.port}/ ldaps://{self.host}:{self.tls_port}/"
+            urls = " ".join(f"{scheme}://{host}:{port}/" for host in (self.host, self.wrong_host)
+                            for scheme, port in (("ldap", self.port), ("ldaps", self.tls_port)))
             with open(self.log_path, "ab") as log:
                 # -d keeps slapd in the foreground (our child); level 0 logs only what goes wrong
                 self.proc = subprocess.Popen([SLAPD, "-f", str(conf), "-h", urls, "-d", os.environ.get("SLAPD_DEBUG", "0")],

@@ -9,6 +9,7 @@ import ipaddress
 import math
 import os
 import queue
+import re
 import ssl
 import threading
 from dataclasses import dataclass
@@ -88,7 +89,11 @@ class Outcome:
 
 
 class _Failed(Exception):
-    """Ends an exchange; str() is the log text."""
+    """Ends an exchange; str() is the log text, .level its level (ERROR for our own setup problems)."""
+
+    def __init__(self, text: str, level: str = "LOG"):
+        super().__init__(text)
+        self.level = level
 
 
 def _ip(host: str) -> bool:
@@ -109,11 +114,17 @@ def _result_text(conn) -> str:
 
 def _error_text(exc: BaseException, settings: ldapopts.ClientSettings) -> str:
     from ldap3.core import exceptions as lx
+    # ldap3 wraps the cause in reprs of tuples: ("('socket ssl wrapping error: [SSL: ...] ... (_ssl.c:992)',)",)
+    text = re.sub(r"\s*\(_ssl\.c:\d+$", "", str(exc).strip("()'\",\\ ")) or type(exc).__name__
+    text = re.sub(r"^wrap socket error: ", "", text)
+    text = re.sub(r"certificate \{.*\} doesn't match any name in \[(.*)\]", r"certificate does not match \1", text)
     if isinstance(exc, lx.LDAPSocketOpenError | ConnectionError):
-        return f"Can't contact LDAP server ({exc})"
-    if isinstance(exc, lx.LDAPResponseTimeoutError | TimeoutError) or "timed out" in str(exc):
-        return f"Timed out (no answer within {settings.timeout:g} s)"
-    return str(exc) or type(exc).__name__
+        if "timed out" in text:
+            text = f"no connection within {settings.network_timeout:g} s"
+        return f"Can't contact LDAP server ({text})"
+    if isinstance(exc, lx.LDAPResponseTimeoutError | TimeoutError) or "timed out" in text:
+        return f"Timed out (no answer within {math.ceil(settings.timeout)} s)"
+    return text
 
 
 class _Exchange:
@@ -137,7 +148,8 @@ class _Exchange:
                                     ca_certs_file=st.ca_file, ca_certs_path=st.ca_dir,
                                     sni=None if _ip(host) else host)
                 except ldap3.core.exceptions.LDAPException as e:
-                    raise _Failed(f"{failing}: TLS setup failed: {e} (TLS_CACERT / TLS_CACERTDIR)") from None
+                    raise _Failed(f"{failing}: TLS setup failed: {e} (TLS_CACERT / TLS_CACERTDIR)",
+                                  "ERROR") from None
             server = ldap3.Server(host, port=conf.effective_port(), use_ssl=conf.scheme == "ldaps", tls=tls,
                                   get_info=ldap3.NONE, connect_timeout=st.network_timeout)
             # ldap3 sets SO_RCVTIMEO from it, in whole seconds
@@ -164,7 +176,10 @@ class _Exchange:
                 conn.start_tls()
                 return
         except (self.ldap3.core.exceptions.LDAPException, OSError) as e:
-            reason = _error_text(e, self.settings)
+            if (conn.result or {}).get("result", 0) != 0:
+                reason = _result_text(conn)           # the directory refused StartTLS
+            else:                                     # the TLS handshake failed: libldap says "Connect error"
+                reason = f"Connect error ({_error_text(e, self.settings)})"
         self.close(conn)
         raise _Failed(f"could not start LDAP TLS session: {reason}")
 
@@ -252,7 +267,7 @@ def authenticate(conf: ldapopts.LdapConfig, user: str, password: str,
         if reason is not None:
             raise _Failed(f"{failing}: {reason}")
     except _Failed as e:
-        return Outcome(False, str(e))
+        return Outcome(False, str(e), e.level)
     except Exception as e:  # noqa: BLE001 - a library surprise fails this login only
         return Outcome(False, f"LDAP error: {type(e).__name__}: {e}", "ERROR")
     return Outcome(True)

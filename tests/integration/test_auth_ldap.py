@@ -62,6 +62,9 @@ SCENARIOS = {
     "ldaps": (lambda d: d.simple_bind(ldapscheme="ldaps", ldapport=str(d.tls_port)), [
         (ALICE, "alice-pw", True), (ALICE, "x", False)]),
     "ldaps_url": (lambda d: _url(d, f"ldaps://HOST:{d.tls_port}", BASE_DN, "?uid?sub"), [(BOB, "bob-pw", True)]),
+    "starttls_wrong_name": (lambda d: d.simple_bind(ldapserver=d.wrong_host, ldaptls="1"), [(ALICE, "alice-pw", False)]),
+    "ldaps_wrong_name": (lambda d: d.simple_bind(ldapserver=d.wrong_host, ldapscheme="ldaps", ldapport=str(d.tls_port)),
+                         [(ALICE, "alice-pw", False)]),
     "ldaps_and_starttls": (lambda d: d.simple_bind(ldapscheme="ldaps", ldapport=str(d.tls_port), ldaptls="1"), [
         (ALICE, "alice-pw", False)]),
     "second_server": (lambda d: d.simple_bind(ldapserver=f"127.0.0.2 {d.host}"), [(ALICE, "alice-pw", True)]),
