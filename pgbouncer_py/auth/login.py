@@ -106,6 +106,14 @@ def check_cleartext(secret: str, user: str, password: str) -> bool:
         hmac.compare_digest(server_key, s.server_key)
 
 
+def _remember_scram_keys(user: User, password: str) -> None:
+    """A right cleartext password for a SCRAM secret: keep the keys a SCRAM server login needs."""
+    if secret_kind(user.secret) == "scram":
+        s = scram.parse_scram_secret(user.secret)
+        user.scram_client_key, user.scram_server_key = scram.scram_keys_from_password(
+            password, s.salt, s.iterations)
+
+
 class Authenticator:
     """Runs one client's login exchange; calls client.auth_ok(user) or client.close(error)."""
 
@@ -325,10 +333,7 @@ class Authenticator:
         if self.mock or not check_cleartext(self.user.secret, self.user.name, password):
             self._fail()
             return
-        if secret_kind(self.user.secret) == "scram":
-            s = scram.parse_scram_secret(self.user.secret)
-            self.user.scram_client_key, self.user.scram_server_key = scram.scram_keys_from_password(
-                password, s.salt, s.iterations)
+        _remember_scram_keys(self.user, password)
         self._ok(self.user)
 
     # --- PAM ---
@@ -394,6 +399,14 @@ class Authenticator:
         if not outcome.ok:
             log.write(outcome.level, f"{client.prefix()}{outcome.reason}")
             self._fail()
+            return
+        user = registry.users.get(client.username)
+        if self.rule is not None and user is not None and not user.dynamic and user.secret is not None:
+            # an auth_hba_file ldap rule for a user of auth_file: its secret stays what the user's other rules
+            # check and what the server login uses (a SCRAM one gets its keys when this is its password)
+            if check_cleartext(user.secret, user.name, password):
+                _remember_scram_keys(user, password)
+            self._ok(user)
             return
         self._ok_with_password(password)
 

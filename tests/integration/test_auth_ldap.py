@@ -208,6 +208,19 @@ def test_server_login_uses_the_client_password_unless_forced(factory, ldap_pg, s
     assert login_result(pooler.dsn("forced", ALICE, "wrong")) == FAIL
 
 
+def test_hba_ldap_rule_leaves_the_auth_file_secret_alone(factory, ldap_pg, slapd):
+    """A user of auth_file who logs in through an hba ldap rule keeps the auth_file secret that the md5 rule
+    checks (the server logins here are forced to md5user, so only the client side is looked at)."""
+    forced = _server(ldap_pg, user="md5user", password="md5pass")
+    pooler = factory.start(databases={"ldapdb": forced, "md5db": forced}, userlist={BOB: "bob-file-pw"},
+                           hba=f"host ldapdb all 127.0.0.1/32 ldap {slapd.simple_bind()}\n"
+                               "host md5db all 127.0.0.1/32 md5\n")
+    assert login_result(pooler.dsn("ldapdb", BOB, "bob-pw")) == "OK md5user"
+    assert login_result(pooler.dsn("ldapdb", BOB, "bob-file-pw")) == FAIL
+    assert login_result(pooler.dsn("md5db", BOB, "bob-file-pw")) == "OK md5user"
+    assert login_result(pooler.dsn("md5db", BOB, "bob-pw")) == "password authentication failed"
+
+
 def test_empty_password_is_refused(factory, ldap_pg, slapd):
     """An empty password would be an anonymous bind that many directories accept: refused before LDAP,
     with PostgreSQL's text (PgBouncer uses the same)."""
