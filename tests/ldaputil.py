@@ -167,23 +167,6 @@ def options(**opts: str | None) -> str:
     return " ".join(out)
 
 
-class Blackhole:
-    """A TCP port that accepts connections (the kernel completes the handshake) and never answers: a hung
-    directory. Use as a context manager; .port."""
-
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-
-    def __enter__(self) -> Blackhole:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.sock.close()
-
-
 def slapd_fixture(scope: str = "module"):
     """A pytest fixture that runs one Slapd for the module (or the given scope)."""
 

@@ -15,8 +15,8 @@ import time
 
 import pytest
 from authutil import login_result, password_msg, raw_login
-from ldaputil import BASE_DN, SERVICE_DN, SERVICE_PASSWORD, USERS, Blackhole, options, slapd_fixture
-from pgutil import PoolerFactory, free_port, wait_until
+from ldaputil import BASE_DN, SERVICE_DN, SERVICE_PASSWORD, USERS, options, slapd_fixture
+from pgutil import SilentServer, free_port, wait_until
 
 from pgbouncer_py.config.hba import parse_hba
 
@@ -125,12 +125,9 @@ def ldap_env(slapd):
 
 
 @pytest.fixture
-def factory(ldap_pg, ldap_env, tmp_path):
-    f = PoolerFactory(ldap_pg, tmp_path)
-    yield f
-    problems = f.stop_all()
-    if problems:
-        pytest.fail("pooler teardown: " + "; ".join(problems), pytrace=False)
+def factory(pooler_factory, ldap_pg, ldap_env):
+    """pooler_factory, once the session's cluster and the environment are ready for LDAP."""
+    return pooler_factory
 
 
 def _server(pg, **extra) -> str:
@@ -314,28 +311,6 @@ class _Login(threading.Thread):
         self.elapsed = time.monotonic() - t0
 
 
-class _AcceptingBlackhole(Blackhole):
-    """A hung directory that also counts the connections it accepted (and never answers them)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conns = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _addr = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-
-    def __exit__(self, *exc):
-        super().__exit__(*exc)
-        for c in self.conns:
-            c.close()
-
-
 def test_hung_and_down_directory(factory, ldap_pg, slapd, monkeypatch, tmp_path):
     """A directory that accepts and never answers (TIMEOUT 3 in ldap.conf): its logins fail after the timeout
     with "Timed out" in the log, and meanwhile md5 logins and logins against a live directory go through. A
@@ -344,7 +319,8 @@ def test_hung_and_down_directory(factory, ldap_pg, slapd, monkeypatch, tmp_path)
     ldap_conf = tmp_path / "ldap.conf"
     ldap_conf.write_text("# the pooler's libldap-style client settings\nTIMEOUT 3\nNETWORK_TIMEOUT 3\n")
     monkeypatch.setenv("LDAPCONF", str(ldap_conf))
-    with _AcceptingBlackhole() as hole:
+    hole = SilentServer()
+    try:
         hba = (f"host hung all 127.0.0.1/32 ldap {slapd.simple_bind(ldapport=str(hole.port))}\n"
                f"host down all 127.0.0.1/32 ldap {slapd.simple_bind(ldapport=str(free_port()))}\n"
                f"host ldapdb all 127.0.0.1/32 ldap {slapd.simple_bind()}\n"
@@ -381,6 +357,8 @@ def test_hung_and_down_directory(factory, ldap_pg, slapd, monkeypatch, tmp_path)
         assert time.monotonic() - t0 < 5 and pooler.forced is None
         late.join(10)
         assert late.result is not None and not late.result.startswith("OK")
+    finally:
+        hole.close()
 
 
 def test_library_missing(factory, ldap_pg, slapd, tmp_path, monkeypatch):
