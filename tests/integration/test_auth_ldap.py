@@ -354,7 +354,9 @@ def test_hung_and_down_directory(factory, ldap_pg, slapd, monkeypatch, tmp_path)
         wait_until(lambda: len(hole.conns) >= 4, 10, message="a fourth LDAP connection")
         t0 = time.monotonic()
         pooler.stop(signal.SIGQUIT)
-        assert time.monotonic() - t0 < 5 and pooler.forced is None
+        stopped = time.monotonic() - t0
+        print(f"immediate shutdown with a check hung for up to 30 s took {stopped:.2f} s")
+        assert stopped < 5 and pooler.forced is None
         late.join(10)
         assert late.result is not None and not late.result.startswith("OK")
     finally:
