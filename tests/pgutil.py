@@ -810,3 +810,33 @@ class PoolerFactory:
         for d in self._socket_dirs:
             shutil.rmtree(d, ignore_errors=True)
         return problems
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fake peers
+# ---------------------------------------------------------------------------------------------------
+class SilentServer:
+    """A TCP listener that accepts and never says a word (a hung PostgreSQL, LDAP directory, ...);
+    .conns are the connections it accepted."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", free_port()))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()

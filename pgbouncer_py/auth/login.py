@@ -1,11 +1,12 @@
 """Client authentication: picks the method from auth_type (an auth_hba_file rule, the stored secret) and runs
-its exchange; users missing from auth_file are looked up with auth_query; PAM checks run in a thread."""
+its exchange; users missing from auth_file are looked up with auth_query; PAM and LDAP checks run in threads."""
 
 import hashlib
 import hmac
 import os
 
 from pgbouncer_py.auth import auth_query, cert, peer, scram
+from pgbouncer_py.auth import ldap as ldapauth
 from pgbouncer_py.auth import md5 as md5auth
 from pgbouncer_py.auth import pam as pamauth
 from pgbouncer_py.config import hba as hbaconf
@@ -23,6 +24,7 @@ FAIL_SASL = "SASL authentication failed"
 FAIL_TRUST = '"trust" authentication failed'
 FAIL_CERT = "certificate authentication failed"
 FAIL_PAM = "PAM authentication failed"
+FAIL_LDAP = "LDAP authentication failed"
 FAIL_PEER = "unix socket login rejected"
 FAIL_REJECT = "login rejected"
 
@@ -71,6 +73,8 @@ def load_auth_files(cfg, *, startup: bool = False) -> None:
             hba_rules = new
         else:
             ident_map = new
+    for problem in ldapauth.configure(cfg, hba_rules):
+        log.error(problem)
 
 
 def config_error(cfg) -> str | None:
@@ -102,6 +106,14 @@ def check_cleartext(secret: str, user: str, password: str) -> bool:
         hmac.compare_digest(server_key, s.server_key)
 
 
+def _remember_scram_keys(user: User, password: str) -> None:
+    """A right cleartext password for a SCRAM secret: keep the keys a SCRAM server login needs."""
+    if secret_kind(user.secret) == "scram":
+        s = scram.parse_scram_secret(user.secret)
+        user.scram_client_key, user.scram_server_key = scram.scram_keys_from_password(
+            password, s.salt, s.iterations)
+
+
 class Authenticator:
     """Runs one client's login exchange; calls client.auth_ok(user) or client.close(error)."""
 
@@ -116,6 +128,7 @@ class Authenticator:
         self.scram_server = None
         self.scram_stage = 0
         self.lookup = None
+        self.ldap_check = None      # the LDAP check in a worker thread (a future)
         self.fail_text = FAIL_PASSWORD
 
     def cancel(self) -> None:
@@ -123,6 +136,9 @@ class Authenticator:
         if self.lookup is not None:
             self.lookup.cancel()
             self.lookup = None
+        if self.ldap_check is not None:
+            self.ldap_check.cancel()
+            self.ldap_check = None
 
     # --- choosing the method ---
     def start(self) -> None:
@@ -162,12 +178,9 @@ class Authenticator:
         if kind == "reject":
             client.close(FAIL_REJECT, send_error=True)
             return
-        if kind == "ldap":
-            client.close("LDAP authentication is not supported by pgbouncer-py", send_error=True)
-            return
         self.kind = kind
-        if kind == "pam":
-            self._ask_cleartext("pam")
+        if kind in ("pam", "ldap"):
+            self._ask_cleartext(kind)
             return
         user = registry.users.get(name)
         # users from auth_query (dynamic) are looked up again on every login, so password changes apply
@@ -253,6 +266,8 @@ class Authenticator:
         self.method = method
         if method == "pam":
             self.fail_text = FAIL_PAM
+        elif method == "ldap":
+            self.fail_text = FAIL_LDAP
         self.client.transport.write(build.auth_request(C.AUTH_CLEARTEXT))
 
     def _ask_md5(self) -> None:
@@ -289,6 +304,10 @@ class Authenticator:
             password = self._password(body)
             if password is not None:
                 self._start_pam(password)
+        elif self.method == "ldap":
+            password = self._password(body)
+            if password is not None:
+                self._start_ldap(password)
         elif self.method == "md5":
             password = parse_password(body)
             if self.mock or not md5auth.md5_verify(self.user.secret, self.user.name, self.salt, password):
@@ -314,10 +333,7 @@ class Authenticator:
         if self.mock or not check_cleartext(self.user.secret, self.user.name, password):
             self._fail()
             return
-        if secret_kind(self.user.secret) == "scram":
-            s = scram.parse_scram_secret(self.user.secret)
-            self.user.scram_client_key, self.user.scram_server_key = scram.scram_keys_from_password(
-                password, s.salt, s.iterations)
+        _remember_scram_keys(self.user, password)
         self._ok(self.user)
 
     # --- PAM ---
@@ -343,16 +359,56 @@ class Authenticator:
         if not ok:
             self._fail()
             return
-        name = client.username
+        self._ok_with_password(password)
+
+    def _ok_with_password(self, password: str) -> None:
+        """PAM or LDAP accepted the password: the server login uses it too."""
+        name = self.client.username
         user = registry.users.get(name)
         if user is None:
             user = registry.users[name] = User(name)
             user.dynamic = True
         if user.secret != password:
-            # the server login uses the password PAM accepted
             user.secret = password
             user.scram_client_key = user.scram_server_key = None
         self._ok(user)
+
+    # --- LDAP ---
+    def _start_ldap(self, password: str) -> None:
+        client = self.client
+        self.method = "ldap-wait"
+        try:
+            conf = self.rule.ldap if self.rule is not None else \
+                ldapauth.global_options(registry.cfg.auth_ldap_options)
+        except ValueError as e:
+            log.error(f"{client.prefix()}auth_ldap_options: {e}")
+            self._fail()
+            return
+        self.ldap_check = ldapauth.check_password(registry.loop, conf, client.username, password)
+        self.ldap_check.add_done_callback(lambda f: self._ldap_done(f, password))
+
+    def _ldap_done(self, fut, password: str) -> None:
+        self.ldap_check = None
+        client = self.client
+        if client is None or fut.cancelled():
+            return
+        try:
+            outcome = fut.result()
+        except Exception as e:  # a broken LDAP library fails this login only
+            outcome = ldapauth.Outcome(False, f"LDAP error: {e}", "ERROR")
+        if not outcome.ok:
+            log.write(outcome.level, f"{client.prefix()}{outcome.reason}")
+            self._fail()
+            return
+        user = registry.users.get(client.username)
+        if self.rule is not None and user is not None and not user.dynamic and user.secret is not None:
+            # an auth_hba_file ldap rule for a user of auth_file: its secret stays what the user's other rules
+            # check and what the server login uses (a SCRAM one gets its keys when this is its password)
+            if check_cleartext(user.secret, user.name, password):
+                _remember_scram_keys(user, password)
+            self._ok(user)
+            return
+        self._ok_with_password(password)
 
     # --- SCRAM ---
     def _scram_message(self, body: bytes) -> None:

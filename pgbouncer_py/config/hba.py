@@ -9,6 +9,8 @@ import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pgbouncer_py.config import ldapopts
+
 __all__ = [
     "HbaError",
     "HbaRule",
@@ -18,6 +20,7 @@ __all__ = [
     "load_ident_file",
     "parse_hba",
     "parse_ident",
+    "parse_ldap_options",
 ]
 
 CONN_TYPES = ("local", "host", "hostssl", "hostnossl")
@@ -26,11 +29,8 @@ METHODS = ("trust", "reject", "md5", "password", "peer", "cert", "scram-sha-256"
 _PG_ONLY_CONN_TYPES = ("hostgssenc", "hostnogssenc")
 _PG_ONLY_METHODS = ("ident", "pam", "gss", "sspi", "radius", "bsd", "any")
 _INCLUDE_DIRECTIVES = ("include", "include_if_exists", "include_dir")
-# Option names PostgreSQL knows for method ldap; the values are kept as text for the LDAP code.
-LDAP_OPTIONS = (
-    "ldapserver", "ldapport", "ldapscheme", "ldaptls", "ldapprefix", "ldapsuffix", "ldapbasedn",
-    "ldapbinddn", "ldapbindpasswd", "ldapsearchattribute", "ldapsearchfilter", "ldapurl",
-)
+# Option names PostgreSQL knows for method ldap (config/ldapopts.py checks their values and combinations).
+LDAP_OPTIONS = ldapopts.OPTION_NAMES
 _MAP_METHODS = ("peer", "cert")
 _MAX_INCLUDE_DEPTH = 10
 
@@ -176,6 +176,7 @@ class HbaRule:
     netmask: str | None = None  # the separate netmask column, if used
     net: tuple[int, int, int] | None = None  # (ip version, address int, mask int)
     option_text: str = ""  # everything after the method, as written (for ldap)
+    ldap: ldapopts.LdapConfig | None = None  # method ldap: its checked options
 
     def matches_database(self, database: str, user: str, replication: bool) -> bool:
         if replication:
@@ -259,6 +260,37 @@ class HbaRules:
 
 
 ReadInclude = Callable[[str], str]
+
+
+def _option_pairs(fields: list[_Field], method: str) -> list[tuple[str, str]]:
+    """The name=value options after a method, in the order written; ValueError says what is wrong."""
+    pairs: list[tuple[str, str]] = []
+    for fld in fields:
+        for tok in fld.tokens:
+            name, eq, value = tok.text.partition("=")
+            if not eq or not name:
+                raise ValueError(f'authentication option not in name=value format: "{tok.text}"')
+            if method == "ldap":
+                if name not in LDAP_OPTIONS:
+                    raise ValueError(f'unknown ldap option "{name}"')
+            elif method in _MAP_METHODS:
+                if name != "map":
+                    raise ValueError(f'option "{name}" is not supported for method {method} (only map= is)')
+                if not value:
+                    raise ValueError("option map needs a map name")
+            else:
+                raise ValueError(f'option "{name}" is not supported for method {method}')
+            pairs.append((name, value))
+    return pairs
+
+
+def parse_ldap_options(text: str) -> ldapopts.LdapConfig:
+    """auth_ldap_options: the options of an hba ldap rule, written the same way (name=value, "quoted" values);
+    ValueError (LdapOptionError for the values) says what is wrong."""
+    fields, end = _split_fields(text)
+    if end < len(text):
+        raise ValueError('unquoted "#" in auth_ldap_options (put a value that contains it in double quotes)')
+    return ldapopts.ldap_config(_option_pairs(fields, "ldap"))
 
 
 class _HbaParser:
@@ -372,26 +404,11 @@ class _HbaParser:
             self.warnings.append(f"{self.filename}:{line}: address {shown} has bits set outside the mask;"
                                  " they are ignored")
 
-    def options(self, fields: list[_Field], line: int, method: str) -> dict[str, str]:
-        opts: dict[str, str] = {}
-        for fld in fields:
-            for tok in fld.tokens:
-                name, eq, value = tok.text.partition("=")
-                if not eq or not name:
-                    raise self.err(line, f'authentication option not in name=value format: "{tok.text}"')
-                if method == "ldap":
-                    if name not in LDAP_OPTIONS:
-                        raise self.err(line, f'unknown ldap option "{name}"')
-                elif method in _MAP_METHODS:
-                    if name != "map":
-                        raise self.err(line, f'option "{name}" is not supported for method {method}'
-                                             " (only map= is)")
-                    if not value:
-                        raise self.err(line, "option map needs a map name")
-                else:
-                    raise self.err(line, f'option "{name}" is not supported for method {method}')
-                opts[name] = value
-        return opts
+    def options(self, fields: list[_Field], line: int, method: str) -> list[tuple[str, str]]:
+        try:
+            return _option_pairs(fields, method)
+        except ValueError as e:
+            raise self.err(line, str(e)) from None
 
     def rule(self, num: int, line: str) -> HbaRule | None:
         try:
@@ -434,7 +451,16 @@ class _HbaParser:
                 raise self.err(num, f'authentication method "{method}" is not supported')
             raise self.err(num, f'invalid authentication method "{method}"')
         opt_fields = fields[i + 1:]
-        options = self.options(opt_fields, num, method)
+        pairs = self.options(opt_fields, num, method)
+        ldap = None
+        if method == "ldap":
+            try:
+                ldap = ldapopts.ldap_config(pairs)
+            except ldapopts.LdapOptionError as e:
+                raise self.err(num, str(e)) from None
+            if not ldap.servers:
+                self.warnings.append(f"{self.filename}:{num}: ldap rule without ldapserver: finding LDAP servers"
+                                     " through DNS SRV records is not supported; this rule rejects its logins")
         option_text = line[opt_fields[0].start:end].strip() if opt_fields else ""
         if method == "peer" and ctype != "local":
             self.warnings.append(f"{self.filename}:{num}: peer authentication only works on local"
@@ -445,9 +471,9 @@ class _HbaParser:
         elif method == "cert" and ctype != "hostssl":
             self.warnings.append(f"{self.filename}:{num}: cert authentication needs TLS; on {ctype}"
                                  " lines it rejects logins made without TLS")
-        return HbaRule(line=num, conn_type=ctype, method=method, options=options, databases=databases,
+        return HbaRule(line=num, conn_type=ctype, method=method, options=dict(pairs), databases=databases,
                        db_keywords=db_kw, users=users, user_all=user_all, address=address,
-                       netmask=netmask, net=net, option_text=option_text)
+                       netmask=netmask, net=net, option_text=option_text, ldap=ldap)
 
 
 def _bad_ip(text: str) -> str:

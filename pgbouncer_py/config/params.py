@@ -110,7 +110,7 @@ class Param:
 
 
 POOL_MODES = ("session", "transaction", "statement")
-AUTH_TYPES = ("any", "trust", "plain", "md5", "cert", "hba", "scram-sha-256", "pam")
+AUTH_TYPES = ("any", "trust", "plain", "md5", "cert", "hba", "scram-sha-256", "pam", "ldap")
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 _AUTH_QUERY = (
@@ -127,7 +127,7 @@ _TABLE: list[Param] = [
     Param("auth_file", "str", "", doc="File with user names and passwords or password hashes."),
     Param("auth_hba_file", "str", "", doc="HBA-style rules file consulted when auth_type is hba."),
     Param("auth_ident_file", "str", "", doc="Ident map file used by map= options in the HBA file."),
-    Param("auth_ldap_options", "str", "", doc="Default LDAP options for the ldap method (needs an LDAP-enabled build)."),
+    Param("auth_ldap_options", "str", "", doc="LDAP options for auth_type ldap, written like the options of a pg_hba.conf ldap line (needs python3-ldap3)."),
     Param("auth_query", "str", _AUTH_QUERY, doc="Query run as auth_user to fetch a password hash for users not in auth_file."),
     Param("auth_type", "enum", "md5", choices=AUTH_TYPES, doc="How clients prove who they are."),
     Param("auth_user", "str", "", doc="User that connects to the server to run auth_query."),

@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
 
 import psycopg
 import pytest
-from pgutil import free_port, wait_until
+from pgutil import SilentServer, free_port, wait_until
 
 
 def closing(reason: str, kind: str = "C") -> str:
@@ -122,32 +121,6 @@ def test_client_login_timeout(pooler_factory):
 
 
 # --- server connections ---------------------------------------------------------------------------
-class SilentServer:
-    """A TCP listener that accepts and never says a word (a hung PostgreSQL)."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", free_port()))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.conns = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(c)
-
-    def close(self):
-        self.sock.close()
-        for c in self.conns:
-            c.close()
-
-
 def test_server_connect_timeout_covers_login(pooler_factory):
     silent = SilentServer()
     try:

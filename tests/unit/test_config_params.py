@@ -114,6 +114,7 @@ def test_parse_time_rejects(text):
         ("pool_mode", "Transaction", "transaction"), ("pool_mode", "STATEMENT", "statement"),
         ("auth_type", "MD5", "md5"), ("auth_type", "Scram-SHA-256", "scram-sha-256"), ("auth_type", "pam", "pam"),
         ("auth_type", "hba", "hba"), ("auth_type", "cert", "cert"), ("auth_type", "any", "any"),
+        ("auth_type", "LDAP", "ldap"),
         ("client_tls_sslmode", "VERIFY-FULL", "verify-full"), ("server_tls_sslmode", "allow", "allow"),
     ],
 )
@@ -123,7 +124,7 @@ def test_enum_canonical(name, text, value):
 
 @pytest.mark.parametrize(
     "name,text",
-    [("pool_mode", "foo"), ("pool_mode", ""), ("auth_type", "ldap"), ("auth_type", "password"),
+    [("pool_mode", "foo"), ("pool_mode", ""), ("auth_type", "radius"), ("auth_type", "password"),
      ("client_tls_sslmode", "x"), ("server_tls_sslmode", "verify")],
 )
 def test_enum_rejects(name, text):
