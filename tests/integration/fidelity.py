@@ -103,10 +103,15 @@ _AGE = re.compile(r"\(age=\d+s\)")
 
 
 def log_lines(pooler, since: int = 0) -> list[str]:
-    """The pooler's log lines from offset `since`: 'LEVEL message', socket pointers, client ports and ages
-    replaced by fixed text, so the lines of two poolers compare equal."""
+    """The pooler's log lines from offset `since`, normalized (see normalize)."""
+    return normalize(pooler.log()[since:])
+
+
+def normalize(text: str) -> list[str]:
+    """Log text as 'LEVEL message' lines with socket pointers, client ports and ages replaced by fixed text, so
+    the lines of two poolers compare equal."""
     out = []
-    for line in _TS.sub("", pooler.log()[since:]).splitlines():
+    for line in _TS.sub("", text).splitlines():
         line = _PTR.sub(r"\1-0x:", line)
         line = _ADDR.sub(lambda m: "@unix:PORT" if m.group(1).startswith("unix") else "@127.0.0.1:PORT", line)
         out.append(_AGE.sub("(age=0s)", line))
