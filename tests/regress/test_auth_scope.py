@@ -5,23 +5,12 @@ never depend on earlier traffic."""
 
 from __future__ import annotations
 
-import re
-
 import psycopg
 import pytest
+from integration.authutil import login_result  # tests/ is on sys.path (conftest.py)
 
 PW = "password authentication failed"
 AUTH_ONLY = {"postgres": "postgrespass", "pgbouncer": "adminpass"}
-
-
-def login_result(dsn: str) -> str:
-    """'OK <current_user>' or the pooler's FATAL message."""
-    try:
-        with psycopg.connect(dsn, connect_timeout=10) as conn:
-            return "OK " + conn.execute("select current_user").fetchone()[0]
-    except psycopg.OperationalError as e:
-        m = re.search(r"FATAL:  (.*)", str(e))
-        return m.group(1) if m else str(e)
 
 
 def test_auth_query_login_does_not_open_the_console(pooler_factory):
