@@ -198,7 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(o.config)
     except ConfigError as e:
-        log.error(str(e))
+        if e.logfile:
+            # a logfile set before the bad line gets the lines too, as PgBouncer's (an init script's -d start
+            # leaves its reason in /var/log/postgresql, not only on a stderr nobody reads)
+            log.logfile_path = e.logfile
+        for text in e.messages:
+            log.error(text)
         log.fatal("cannot load config file")
         return 1
     except OSError as e:

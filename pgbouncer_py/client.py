@@ -68,7 +68,7 @@ class Client(LinkedFlow, asyncio.Protocol):
     # slots keep an idle client small (bytes per idle client, issue 11); anything else lands in __dict__
     __slots__ = ("_max_packet", "_tls_pending", "addr", "admin", "admin_level", "auth", "cancel_key",
                  "closing_reason", "connect_time", "console", "counted_db", "counted_user", "created", "db",
-                 "dbname", "id", "idle_since", "is_unix", "link", "listener", "_laddr", "no_pqexec",
+                 "dbname", "id", "idle_since", "is_unix", "link", "listener", "_laddr", "login_user", "no_pqexec",
                  "paused_peer", "paused_reading", "peer_cert", "peer_pid", "peer_uid", "pending", "phase",
                  "pool", "pool_mode", "port", "prepared", "ps", "reader", "replication", "request_time",
                  "skip", "startup_buf", "startup_params", "state", "tail", "tail_need", "tls", "transport", "user",
@@ -120,6 +120,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.closing_reason = None
         self.counted_db = None
         self.counted_user = None
+        self.login_user = None            # the user name once auth has looked it up (log prefix)
         self.id = next(registry.socket_ids)   # SHOW CLIENTS `id`, the KILL_CLIENT handle
         self.idle_since = self.created    # monotonic: when the client last became unlinked (client_idle_timeout)
         self.wait_notified = False        # query_wait_notify NOTICE sent for the current wait
@@ -128,9 +129,12 @@ class Client(LinkedFlow, asyncio.Protocol):
 
     # --- identification ---
     def prefix(self) -> str:
-        db = self.dbname or "(nodb)"
-        user = self.username or "(nouser)"
-        return f"C-0x{id(self):x}: {db}/{user}@{format_addr(self.addr, self.port, self.is_unix, self.peer_pid)} "
+        """PgBouncer's "C-0x..: db/user@addr:port ": (nodb) until the database is found (an unknown one stays
+        (nodb)), (nouser) until authentication has looked the user up."""
+        db = self.db
+        dbname = db.name if db is not None and not db.fake else "(nodb)"
+        user = self.login_user or (self.username if self.user is not None else "(nouser)")
+        return f"C-0x{id(self):x}: {dbname}/{user}@{format_addr(self.addr, self.port, self.is_unix, self.peer_pid)} "
 
     @property
     def local_addr(self) -> tuple[str, int]:
@@ -503,7 +507,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         cfg = registry.cfg
         name = self.dbname
         if name == "pgbouncer":
-            self.db = registry.admin_db
+            db = registry.admin_db
             self.admin = True
         else:
             db = registry.databases.get(name)
@@ -512,23 +516,48 @@ class Client(LinkedFlow, asyncio.Protocol):
                 if fallback is not None and not registry.shutting_down:
                     db = Database(name, fallback, auto=True)
                     registry.databases[name] = db
-                    log.info(f"registered new auto-database: {name}")
+                    log.info(f"{self.prefix()}registered new auto-database: {name}")
             if db is None:
-                log.info(f"{self.prefix()}no such database: {name}")
-                raise ProtocolError(f"no such database: {name}")
-            self.db = db
+                # authenticated against a placeholder first, so nobody learns which databases exist
+                # (login.Authenticator._ok answers "no such database" after a successful exchange)
+                db = Database(name, None, fake=True)
         if not self.admin:
             if registry.total_clients > cfg.max_client_conn:
                 raise ProtocolError("no more connections allowed (max_client_conn)")
-            if self.db.disabled:
-                raise ProtocolError(f'database "{name}" is disabled')
             if registry.shutting_down and not (registry.main and registry.main.wait_for_clients):
                 # WAIT_FOR_CLIENTS stopped accepting: whoever got in before that is served
                 raise ProtocolError("pooler is shutting down")
+        if not db.fake:
+            limit = db.setting("max_db_client_connections", cfg.max_db_client_connections)
+            if limit and db.client_count >= limit and not self._exempt_from_client_limits():
+                raise ProtocolError("client connections exceeded (max_db_client_connections)")
+            db.client_count += 1
+            self.counted_db = db
+        self.db = db
         self.phase = PH_AUTH
-        self.reader = MessageReader(max_size=min(cfg.max_packet_size, C.MAX_PASSWORD + 1024))
+        self.reader = MessageReader(max_size=min(cfg.max_packet_size, C.MAX_PASSWORD + 1024), skip_oversize=True)
         self.auth = login.Authenticator(self)
         self.auth.start()
+
+    # --- client limits and accounting (from the database and user lookup on; close() gives them back) ---
+    def _exempt_from_client_limits(self) -> bool:
+        """admin_users on the console are not limited (they are counted)."""
+        return self.admin and self.username in registry.cfg.list_setting("admin_users")
+
+    def count_user(self, account) -> bool:
+        """Count this client for its user (max_user_client_connections); False when it was refused."""
+        limit = account.setting("max_user_client_connections", registry.cfg.max_user_client_connections)
+        if limit and account.client_count >= limit and not self._exempt_from_client_limits():
+            self.close("client connections exceeded (max_user_client_connections)", send_error=True)
+            return False
+        account.client_count += 1
+        self.counted_user = account
+        return True
+
+    def log_login_attempt(self) -> None:
+        if registry.cfg.log_connections:
+            log.info(f"{self.prefix()}login attempt: db={self.dbname} user={self.username} "
+                     f"tls={self.tls or 'no'} replication={'no' if self.replication == 'none' else 'yes'}")
 
     # --- authentication ---
     def _auth_data(self, data: bytes) -> None:
@@ -544,18 +573,18 @@ class Client(LinkedFlow, asyncio.Protocol):
             rest = self.reader.take_rest()
             if not self.admin:
                 self.reader = None        # only the console reads messages one by one after login
+            else:
+                self.reader.skip_oversize = False
             if rest:
                 self.data_received(rest)
 
     def auth_ok(self, user, pool_user=None) -> None:
-        """Authentication succeeded: count limits, then finish login now or when the pool has a server."""
+        """Authentication succeeded: finish login now or when the pool has a server."""
         cfg = registry.cfg
         self.auth = None
         self.user = user
-        if cfg.log_connections:
-            log.info(f"{self.prefix()}login attempt: db={self.dbname} user={self.username} "
-                     f"tls={self.tls or 'no'} replication={'no' if self.replication == 'none' else 'yes'}")
         self.transport.write(build.auth_request(C.AUTH_OK))
+        self.db.stats.client_login_count += 1
         if self.admin:
             from pgbouncer_py.admin import console
             self.pool = registry.get_pool(registry.admin_db, registry.admin_user)
@@ -572,18 +601,6 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.pool_mode = self.pool.pool_mode(cfg)
         if self.replication != "none":
             self.pool_mode = "session"    # a replication client keeps its own server connection to the end
-        max_db_clients = db.setting("max_db_client_connections", cfg.max_db_client_connections)
-        if max_db_clients and db.client_count >= max_db_clients:
-            self.close("client connections exceeded (max_db_client_connections)", send_error=True)
-            return
-        max_user_clients = user.setting("max_user_client_connections", cfg.max_user_client_connections)
-        if max_user_clients and user.client_count >= max_user_clients:
-            self.close("client connections exceeded (max_user_client_connections)", send_error=True)
-            return
-        db.client_count += 1
-        user.client_count += 1
-        self.counted_db, self.counted_user = db, user
-        db.stats.client_login_count += 1
         self.cancel_key = registry.new_cancel_key()
         registry.cancel_keys[self.cancel_key] = self
         pool = self.pool
@@ -723,8 +740,10 @@ class Client(LinkedFlow, asyncio.Protocol):
             registry.cancel_keys.pop(self.cancel_key, None)
         if self.counted_db is not None:
             self.counted_db.client_count -= 1
+            self.counted_db = None
+        if self.counted_user is not None:
             self.counted_user.client_count -= 1
-            self.counted_db = self.counted_user = None
+            self.counted_user = None
         server = self.link
         if server is not None:
             pooling.client_unlinked_by_close(self, server)

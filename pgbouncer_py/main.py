@@ -142,7 +142,7 @@ class Pooler:
             u.conf = cfg.users.get(name)
         for name, u in list(registry.users.items()):
             if name not in names and not u.dynamic and u.client_count == 0 and \
-                    not any(p.user is u for p in registry.pools.values()):
+                    not any(p.user.account is u for p in registry.pools.values()):
                 del registry.users[name]
             elif name not in names and not u.dynamic:
                 u.secret = None
@@ -152,13 +152,13 @@ class Pooler:
             registry.admin_user = User("pgbouncer")
 
     def _forced_user(self, conf):
+        """The global user named by a [databases] user= (its password= is that database's server login only:
+        pooling.server_password; the auth_file secret clients are checked against stays as it is)."""
         if conf.user is None:
             return None
         u = registry.users.get(conf.user)
         if u is None:
             u = registry.users[conf.user] = User(conf.user, registry.auth_users.get(conf.user))
-        if conf.password is not None:
-            u.secret = conf.password
         return u
 
     def _apply_databases(self, cfg) -> None:
@@ -207,7 +207,8 @@ class Pooler:
         try:
             new = load_config(self.cfg.path, startup=self.startup_cfg)
         except (ConfigError, OSError) as e:
-            log.error(f"{e}")
+            for text in getattr(e, "messages", None) or [str(e)]:
+                log.error(text)
             log.warning("config file loading failed")
             return False
         log.reopen()

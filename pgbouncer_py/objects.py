@@ -40,11 +40,12 @@ SERVER_LISTS = {SV_LOGIN: "login_servers", SV_IDLE: "idle_servers", SV_ACTIVE: "
 class Database:
     """A [databases] entry (or an auto-database made from '*', or the admin database 'pgbouncer')."""
 
-    def __init__(self, name: str, conf=None, *, admin: bool = False, auto: bool = False):
+    def __init__(self, name: str, conf=None, *, admin: bool = False, auto: bool = False, fake: bool = False):
         self.name = name
         self.conf = conf
         self.admin = admin
         self.auto = auto
+        self.fake = fake            # placeholder for an unknown name: the client is authenticated, then refused
         self.paused = False
         self.disabled = False
         self.dirty = False          # configuration changed: close servers when released
@@ -54,7 +55,8 @@ class Database:
         self.avg: dict = {}
         self.inactive_since = time.monotonic()
         self.host_index = 0
-        self.client_count = 0       # logged-in clients of this database (max_db_client_connections)
+        self.client_count = 0       # clients of this database, from login on (max_db_client_connections)
+        self.dynamic_users: dict[str, DbUser] = {}   # users auth_query found for logins to this database
 
     @property
     def dbname(self) -> str:
@@ -68,20 +70,58 @@ class Database:
 
 
 class User:
-    """A user known from auth_file, [users], a forced user or auth_query; pass-through SCRAM keys live here."""
+    """A user of the global table (Registry.users): auth_file secret, [users] settings, the client count of
+    max_user_client_connections, SHOW USERS. Pass-through SCRAM keys for its secret live here."""
+
+    dynamic = False                   # True for DbUser: a secret auth_query returned for one database
 
     def __init__(self, name: str, secret: str | None = None, conf=None):
         self.name = name
-        self.secret = secret          # plain password, md5 secret, SCRAM secret or None
+        self.secret = secret          # plain password, md5 secret, SCRAM secret or None (no auth_file entry)
         self.conf = conf
         self.scram_client_key: bytes | None = None
         self.scram_server_key: bytes | None = None
         self.client_count = 0
-        self.dynamic = False          # from auth_query
+
+    @property
+    def account(self) -> "User":
+        """The global user whose settings and counts apply (itself)."""
+        return self
 
     def setting(self, attr: str, default):
         v = getattr(self.conf, attr, None) if self.conf is not None else None
         return default if v is None else v
+
+
+class DbUser(User):
+    """A user auth_query found for logins to one database (Database.dynamic_users): the secret and SCRAM keys are
+    that database's only, so another database or the console never sees them; settings and counts are those of
+    the global user of the same name (`account`)."""
+
+    dynamic = True
+
+    def __init__(self, account: User, secret: str | None):
+        self._account = account
+        self.name = account.name
+        self.secret = secret
+        self.scram_client_key = None
+        self.scram_server_key = None
+
+    @property
+    def account(self) -> User:
+        return self._account
+
+    @property
+    def conf(self):
+        return self._account.conf
+
+    @property
+    def client_count(self) -> int:
+        return self._account.client_count
+
+    @client_count.setter
+    def client_count(self, value: int) -> None:
+        self._account.client_count = value
 
 
 class Pool:
@@ -205,6 +245,8 @@ class Registry:
         if pool is None:
             pool = Pool(db, user)
             self.pools[key] = pool
+        elif pool.user is not user:
+            pool.user = user        # the name's credentials changed (auth_file <-> auth_query): the latest log in
         return pool
 
     def find_client_by_key(self, key: bytes):

@@ -73,7 +73,7 @@ def can_launch(pool, cfg, now: float) -> bool:
             return False
     max_user = pool.user.setting("max_user_connections", cfg.max_user_connections)
     if max_user:
-        pools = [p for p in registry.pools.values() if p.user is pool.user]
+        pools = [p for p in registry.pools.values() if p.user.account is pool.user.account]
         if sum(p.server_count() for p in pools) >= max_user and not _evict(pools, pool):
             return False
     if reserve_taker is not None:

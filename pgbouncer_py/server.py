@@ -374,7 +374,7 @@ class Server(LinkedFlow, asyncio.Protocol):
                 log.debug(f"{self.prefix()}login without TLS failed ({msg}), retrying with TLS")
                 self._reconnect(True)
                 return
-            log.info(f"{self.prefix()}server login failed: {sev} {msg}")
+            log.warning(f"server login failed: {sev} {msg}")     # PgBouncer's level, and no socket prefix
             self.close("login failed", failed_login=True, login_error=msg, login_sqlstate=f.get("C", "08P01"))
         elif mtype == C.B_READY:
             self.phase = PH_WORK

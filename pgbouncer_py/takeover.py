@@ -20,6 +20,7 @@ from pgbouncer_py.objects import (
     SV_IDLE,
     SV_USED,
     Database,
+    DbUser,
     User,
     registry,
     set_client_state,
@@ -181,6 +182,9 @@ def state_rows() -> list[list]:
     users = [{"name": u.name, "dynamic": u.dynamic, "secret": u.secret if u.dynamic else None,
               "scram_client_key": _b64(u.scram_client_key), "scram_server_key": _b64(u.scram_server_key)}
              for u in registry.users.values()]
+    users += [{"name": u.name, "db": db.name, "dynamic": True, "secret": u.secret,       # auth_query users
+               "scram_client_key": _b64(u.scram_client_key), "scram_server_key": _b64(u.scram_server_key)}
+              for db in registry.databases.values() for u in db.dynamic_users.values()]
     rows.append([0, json.dumps({"kind": "global", "pools": pools, "users": users})])
     del listeners
     return rows
@@ -465,8 +469,16 @@ def _release(obj, pending: bytes, resume: bool) -> None:
         obj.connection_lost(hold.exc)
 
 
-def _user(name: str) -> User:
+def _user(name: str, db=None) -> User:
+    """The global user of that name; for a socket of database `db`, a name without an auth_file secret is that
+    database's auth_query user."""
     u = registry.users.get(name)
+    if db is not None and (u is None or u.secret is None):
+        du = db.dynamic_users.get(name)
+        if du is None:
+            account = u if u is not None else registry.users.setdefault(name, User(name))
+            du = db.dynamic_users[name] = DbUser(account, None)
+        return du
     if u is None:
         u = registry.users[name] = User(name, registry.auth_users.get(name))
         u.dynamic = True
@@ -489,7 +501,13 @@ def _unhex(v) -> bytes:
 
 def _apply_globals(g: dict) -> None:
     for u in g.get("users", []):
-        user = registry.users.get(u["name"])
+        if u.get("db"):
+            db = _database(u["db"])
+            if db is None:
+                continue
+            user = _user(u["name"], db)
+        else:
+            user = registry.users.get(u["name"])
         if user is None and not u.get("dynamic"):
             continue
         if user is None:
@@ -503,7 +521,7 @@ def _apply_globals(g: dict) -> None:
     for p in g.get("pools", []):
         db = _database(p["db"])
         if db is not None and p.get("welcome_params") is not None:
-            registry.get_pool(db, _user(p["user"])).welcome_params = p["welcome_params"]
+            registry.get_pool(db, _user(p["user"], db)).welcome_params = p["welcome_params"]
 
 
 def _server_from_row(fd: int, r: dict, st: dict | None, sock: socket.socket):
@@ -522,7 +540,7 @@ def _server_from_row(fd: int, r: dict, st: dict | None, sock: socket.socket):
     db = _database(st["db"])
     if db is None:
         return None
-    pool = registry.get_pool(db, _user(st["user"]))
+    pool = registry.get_pool(db, _user(st["user"], db))
     s = Server(pool, st["host"], st["port"], st.get("unix_path"))
     s.phase = PH_WORK
     s.params = varcache.Values(st.get("params") or {})
@@ -557,8 +575,8 @@ def _client_from_row(fd: int, r: dict, st: dict | None, listeners):
     unix = [lst for lst in listeners if lst.unix]
     c = Client(unix[0] if unix else None)
     c.username, c.dbname, c.db = st["username"], st["dbname"], db
-    c.user = _user(st.get("auth_user") or st["username"])
-    pool_user = _user(st.get("pool_user") or st["username"])
+    c.user = _user(st.get("auth_user") or st["username"], db)
+    pool_user = _user(st.get("pool_user") or st["username"], db)
     c.pool = registry.get_pool(db, pool_user)
     c.pool_mode = st.get("pool_mode") or c.pool.pool_mode(registry.cfg)
     c.vars = varcache.Values(st.get("vars") or {})
@@ -639,7 +657,7 @@ async def adopt(inh: Inherited, listeners) -> None:
         registry.total_clients += 1
         c.db.client_count += 1
         c.user.client_count += 1
-        c.counted_db, c.counted_user = c.db, c.user
+        c.counted_db, c.counted_user = c.db, c.user.account
         if c.cancel_key:
             registry.cancel_keys[c.cancel_key] = c
         state = c._takeover.get("state", CL_ACTIVE)

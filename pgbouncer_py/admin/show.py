@@ -318,7 +318,7 @@ def show_users(console, arg):
     rows = []
     for u in users():
         conf = u.conf
-        servers = sum(p.server_count() for p in registry.pools.values() if p.user is u and not p.db.admin)
+        servers = sum(p.server_count() for p in registry.pools.values() if p.user.account is u and not p.db.admin)
         rows.append([u.name, _pad(getattr(conf, "pool_size", None)), _pad(getattr(conf, "reserve_pool_size", None)),
                      getattr(conf, "pool_mode", None), u.setting("max_user_connections", cfg.max_user_connections),
                      servers, u.setting("max_user_client_connections", cfg.max_user_client_connections),
@@ -331,9 +331,10 @@ def show_databases(console, arg):
     rows = []
     for db in databases():
         if db.admin:
-            admin_clients = sum(p.client_count() for p in registry.pools.values() if p.db is db)
-            rows.append([db.name, None, cfg.listen_port, db.name, registry.admin_user.name, 2, 0, 0, 0,
-                         "statement", None, 0, 0, 0, admin_clients, int(db.paused), int(db.disabled)])
+            # the console's own row: the global limits, its logged-in clients
+            rows.append([db.name, None, cfg.listen_port, db.name, registry.admin_user.name, 2, 0, 0,
+                         int(cfg.server_lifetime), "statement", None, cfg.max_db_connections, 0,
+                         cfg.max_db_client_connections, db.client_count, int(db.paused), int(db.disabled)])
             continue
         conf = db.conf
         servers = sum(p.server_count() for p in registry.pools.values() if p.db is db)

@@ -8,7 +8,7 @@ import time
 
 from pgbouncer_py import pooling
 from pgbouncer_py.log import log
-from pgbouncer_py.objects import SV_ACTIVE, Database, User, registry, set_server_state
+from pgbouncer_py.objects import SV_ACTIVE, Database, DbUser, User, registry, set_server_state
 from pgbouncer_py.proto import build
 
 _I16 = struct.Struct("!h")
@@ -50,13 +50,20 @@ def parse_data_row(body: bytes) -> list[bytes | None]:
     return out
 
 
-def dynamic_user(name: str, secret: str | None) -> User:
-    """The User for an auth_query answer (one object per name, so pools and SCRAM keys are shared)."""
-    u = registry.users.get(name)
-    if u is None:
-        u = registry.users[name] = User(name)
-        u.dynamic = True
-    if u.secret != secret:
+def dynamic_user(db: Database, name: str, secret: str | None) -> DbUser:
+    """The user an auth_query answer describes, for logins to `db` only (one object per database and name, so
+    its pools and SCRAM keys stay). NULL as the secret (no password, or rolvaliduntil passed): the user exists
+    but no password matches; trust, peer and cert logins still succeed. The global table gets an entry without
+    a secret for the name (settings, client counts, SHOW USERS)."""
+    account = registry.users.get(name)
+    if account is None:
+        account = registry.users[name] = User(name)
+    if secret is None:
+        secret = ""
+    u = db.dynamic_users.get(name)
+    if u is None or u.account is not account:
+        u = db.dynamic_users[name] = DbUser(account, secret)
+    elif u.secret != secret:
         u.scram_client_key = u.scram_server_key = None
         u.secret = secret
     return u
@@ -83,27 +90,23 @@ class Lookup:
         auth_user, self.query, auth_dbname = settings_for(client.db, cfg)
         db = client.db
         if auth_dbname:
-            if auth_dbname == "pgbouncer":
-                log.error(f"{client.prefix()}cannot use the reserved \"pgbouncer\" database as an auth_dbname")
-                self._fail(CONFIG_ERROR)
-                return
-            db = registry.databases.get(auth_dbname)
+            db = registry.admin_db if auth_dbname == "pgbouncer" else registry.databases.get(auth_dbname)
             if db is None:
                 fallback = cfg.databases.get("*")
                 if fallback is not None:
                     db = registry.databases[auth_dbname] = Database(auth_dbname, fallback, auto=True)
-                    log.info(f"registered new auto-database: {auth_dbname}")
+                    log.info(f"{client.prefix()}registered new auto-database: {auth_dbname}")
             if db is None:
-                log.error(f"{client.prefix()}auth_dbname \"{auth_dbname}\" is not configured")
+                log.error(f'{client.prefix()}authentication database "{auth_dbname}" is not configured.')
                 self._fail(CONFIG_ERROR)
                 return
         if db.admin:
-            log.error(f"{client.prefix()}cannot use the reserved \"pgbouncer\" database as an auth_dbname")
+            # the console itself (auth_dbname = pgbouncer, or a console login without a global auth_dbname)
+            log.error(f'{client.prefix()}cannot use the reserved "pgbouncer" database as an auth_dbname')
             self._fail(CONFIG_ERROR)
             return
         if db.disabled:
-            log.error(f"{client.prefix()}authentication database \"{db.name}\" is disabled")
-            self._fail(CONFIG_ERROR)
+            self._fail(f'authentication database "{db.name}" is disabled')
             return
         user = registry.users.get(auth_user)
         if user is None:
@@ -139,12 +142,16 @@ class Lookup:
     def _query_done(self, server, error) -> None:
         server.internal_rows = None
         self.server = None
-        pooling.server_available(server)
+        if error is not None:
+            # the server's message is for the log; the client learns only that the setup is wrong
+            log.error(f"S: error in auth_query: ERROR: {error}")
+            server.close("error response from auth_query")
+        else:
+            pooling.server_available(server)
         if self.finished:
             return
         if error is not None:
-            log.warning(f"{self.client.prefix()}auth_query failed: {error}")
-            self._fail(error, "08P01")
+            self._fail(CONFIG_ERROR)
             return
         self._finish()
         if not self.rows:
@@ -157,7 +164,7 @@ class Lookup:
             return
         name = values[0].decode("utf-8", "replace")
         secret = values[1].decode("utf-8", "replace") if values[1] is not None else None
-        self.auth.query_result(dynamic_user(name, secret))
+        self.auth.query_result(dynamic_user(self.client.db, name, secret))
 
     # --- endings ---
     def _finish(self) -> None:

@@ -130,6 +130,7 @@ class Authenticator:
         self.lookup = None
         self.ldap_check = None      # the LDAP check in a worker thread (a future)
         self.fail_text = FAIL_PASSWORD
+        self.fail_log = "password authentication failed"    # ERROR line of a failed SCRAM exchange
 
     def cancel(self) -> None:
         self.client = None
@@ -148,18 +149,20 @@ class Authenticator:
         if client.admin:
             if cfg.auth_type == "any":
                 client.admin_level = 2
-                self._ok(registry.users.get(name) or User(name))
+                self._admit_and_ok(registry.users.get(name) or User(name))
                 return
             if name == "pgbouncer" and client.is_unix and client.peer_uid == os.getuid():
+                client.login_user = name
+                log.info(f"{client.prefix()}pgbouncer access from unix socket")
                 client.admin_level = 2
-                self._ok(registry.users.get(name) or User(name))
+                self._admit_and_ok(registry.users.get(name) or User(name), count_user=False)
                 return
         elif cfg.auth_type == "any":
-            if client.db.forced_user is None:
+            if client.db.forced_user is None and not client.db.fake:
                 log.error(f"{client.prefix()}auth_type=any requires forced user")
                 client.close("bouncer config error", send_error=True)
                 return
-            self._ok(registry.users.get(name) or User(name))
+            self._admit_and_ok(registry.users.get(name) or User(name))
             return
         kind = cfg.auth_type
         if kind == "hba":
@@ -183,14 +186,14 @@ class Authenticator:
             self._ask_cleartext(kind)
             return
         user = registry.users.get(name)
-        # users from auth_query (dynamic) are looked up again on every login, so password changes apply
-        if (user is None or user.secret is None or user.dynamic) and not client.admin:
-            if auth_query.settings_for(client.db, cfg)[0]:
-                self.lookup = auth_query.Lookup(self, client, name)
-                self.lookup.start()
-                return
-            if user is not None and user.dynamic:
-                user = None       # found by another database's auth_query: unknown here
+        if user is not None and (user.secret is None or user.dynamic):
+            user = None           # no auth_file secret (a [users] entry, a PAM login): unknown here
+        # a user missing from auth_file is looked up with auth_query for this database (the console: in the global
+        # auth_dbname) on every login, so password changes apply; an unknown database has no auth_query
+        if user is None and not client.db.fake and auth_query.settings_for(client.db, cfg)[0]:
+            self.lookup = auth_query.Lookup(self, client, name)
+            self.lookup.start()
+            return
         self._with_user(user)
 
     # --- auth_query answers (auth_query.Lookup calls these) ---
@@ -199,7 +202,7 @@ class Authenticator:
         if self.client is None:
             return
         if user is None:
-            log.info(f"{self.client.prefix()}no such user: {self.client.username}")
+            log.info(f"{self.client.prefix()}login failed: db={self.client.dbname}")
             self.client.close("no such user", send_error=True)
             return
         self._with_user(user)
@@ -218,6 +221,8 @@ class Authenticator:
             self.mock = True
             user = None
         self.user = user
+        if not self._admit(user):
+            return
         kind = self.kind
         mapname = self.rule.options.get("map") if self.rule is not None else None
         if kind == "trust":
@@ -258,6 +263,7 @@ class Authenticator:
             if secret_type == "md5":
                 # an md5 secret cannot do SCRAM: run the exchange and fail it
                 self.mock = True
+                self.fail_log = "SCRAM authentication failed: user has MD5 secret"
             self._ask_scram(secret)
         else:
             client.close(f"auth_type={kind} is not supported by pgbouncer-py", send_error=True)
@@ -290,12 +296,16 @@ class Authenticator:
         self.client.transport.write(build.auth_request(C.AUTH_SASL, b"SCRAM-SHA-256\0\0"))
 
     # --- messages from the client ---
-    def message(self, mtype: int, body: bytes) -> None:
+    def message(self, mtype: int, body: bytes | None) -> None:
         if mtype != C.Q_PASSWORD:
             if mtype == C.Q_TERMINATE:
                 self.client.close("client close request")
                 return
             raise ProtocolError("expected password packet")
+        if body is None:
+            # longer than any password: read to its end and discarded, it fails like a wrong password
+            self._fail()
+            return
         if self.method == "plain":
             password = self._password(body)
             if password is not None:
@@ -325,7 +335,7 @@ class Authenticator:
             self.client.close("empty password returned by client", send_error=True)
             return None
         if len(password.encode()) >= C.MAX_PASSWORD:
-            self.client.close("password too long", send_error=True)
+            self._fail()          # as PgBouncer: no hint that the length was the problem
             return None
         return password
 
@@ -371,7 +381,7 @@ class Authenticator:
         if user.secret != password:
             user.secret = password
             user.scram_client_key = user.scram_server_key = None
-        self._ok(user)
+        self._admit_and_ok(user)
 
     # --- LDAP ---
     def _start_ldap(self, password: str) -> None:
@@ -424,6 +434,7 @@ class Authenticator:
             else:
                 final = self.scram_server.handle_client_final(body)
                 if self.mock:
+                    log.error(f"{self.client.prefix()}{self.fail_log}")
                     self._fail()
                     return
                 if self.user is not None and secret_kind(self.user.secret) == "scram":
@@ -432,6 +443,9 @@ class Authenticator:
                     self.user.scram_server_key = self.scram_server.server_key
                 self.client.transport.write(build.auth_request(C.AUTH_SASL_FINAL, final))
                 self._ok(self.user)
+        except scram.ScramAuthFailed:
+            log.error(f"{self.client.prefix()}{self.fail_log}")
+            self._fail()
         except scram.ScramError as e:
             log.debug(f"{self.client.prefix()}SCRAM failed: {e}")
             self._fail()
@@ -445,17 +459,47 @@ class Authenticator:
             return
         client.close(self.fail_text, send_error=True)
 
-    def _ok(self, user: User) -> None:
+    def _admit(self, user: User | None, count_user: bool = True) -> bool:
+        """Before the exchange, once the user is known (None: unknown, mock authentication follows): the user's
+        client limit and count, the "login attempt" line, and for the console whether this user may use it."""
         client = self.client
-        if client is None:
-            return
-        if client.admin and client.admin_level == 0:
-            cfg = registry.cfg
+        cfg = registry.cfg
+        if user is not None:
+            client.login_user = user.name
+            if count_user and not client.count_user(user.account):
+                return False
+        else:
+            client.login_user = client.username
+        client.log_login_attempt()
+        if client.admin and client.admin_level == 0 and user is not None:
             if user.name in cfg.list_setting("admin_users"):
                 client.admin_level = 2
             elif user.name in cfg.list_setting("stats_users"):
                 client.admin_level = 1
             else:
                 client.close("not allowed", send_error=True)
-                return
+                return False
+        return True
+
+    def _admit_and_ok(self, user: User, count_user: bool = True) -> None:
+        """A login that needs no exchange (auth_type=any, the console's own OS user)."""
+        if self._admit(user, count_user):
+            self._ok(user)
+
+    def _ok(self, user: User) -> None:
+        """The exchange succeeded. Only now is an unknown or disabled database named to the client."""
+        client = self.client
+        if client is None:
+            return
+        db = client.db
+        if db.fake:
+            log.info(f"{client.prefix()}login failed: db={client.dbname} user={client.username}")
+            client.close(f"no such database: {client.dbname}", send_error=True)
+            return
+        if db.disabled and not client.admin:
+            client.close(f'database "{client.dbname}" is disabled', send_error=True)
+            return
+        if client.admin and client.admin_level == 0:
+            client.close("not allowed", send_error=True)
+            return
         client.auth_ok(user)

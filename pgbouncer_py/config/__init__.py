@@ -213,6 +213,9 @@ class Config:
             parsed = param.parse(value)
         except ValueError:
             raise ConfigError("SET failed") from None
+        problem = param.problem(parsed)
+        if problem:
+            raise ConfigError(problem, "SET failed")
         values = dict(self._values)
         if param.reloadable:
             values[param.name] = parsed
@@ -246,33 +249,41 @@ def load_config(path: str, *, startup: Config | None = None) -> Config:
     users: dict[str, UserConf] = {}
     peers: dict[int, PeerConf] = {}
     seen_main = False
-    for line in iter_ini(path):
-        if line.key is None:  # section header
-            if line.section == "pgbouncer":
-                seen_main = True
-                values = {**base, **frozen}  # each [pgbouncer] start resets to defaults
-            continue
-        sec = line.section
-        try:
-            if sec is None:
-                raise ConfigError(f"load_init_file: value without section: {line.key}")
-            if sec == "pgbouncer":
-                param = _lookup(line.key)
-                if param is None:
-                    raise ConfigError(f"unknown parameter: pgbouncer/{line.key}")
-                try:
-                    values[param.name] = param.parse(line.value)
-                except ValueError:
-                    raise ConfigError() from None
-            elif sec == "databases":
-                databases[line.key] = parse_database(line.key, line.value)
-            elif sec == "users":
-                users[line.key] = parse_user(line.key, line.value)
-            elif sec == "peers":
-                peer = parse_peer(line.key, line.value)
-                peers[peer.peer_id] = peer
-        except ConfigError as e:
-            raise line.error(*e.messages, _invalid(line)) from None
+    try:
+        for line in iter_ini(path):
+            if line.key is None:  # section header
+                if line.section == "pgbouncer":
+                    seen_main = True
+                    values = {**base, **frozen}  # each [pgbouncer] start resets to defaults
+                continue
+            sec = line.section
+            try:
+                if sec is None:
+                    raise ConfigError(f"load_init_file: value without section: {line.key}")
+                if sec == "pgbouncer":
+                    param = _lookup(line.key)
+                    if param is None:
+                        raise ConfigError(f"unknown parameter: pgbouncer/{line.key}")
+                    try:
+                        values[param.name] = param.parse(line.value)
+                    except ValueError:
+                        raise ConfigError() from None
+                    problem = param.problem(values[param.name])
+                    if problem:
+                        raise ConfigError(problem)
+                elif sec == "databases":
+                    databases[line.key] = parse_database(line.key, line.value)
+                elif sec == "users":
+                    users[line.key] = parse_user(line.key, line.value)
+                elif sec == "peers":
+                    peer = parse_peer(line.key, line.value)
+                    peers[peer.peer_id] = peer
+            except ConfigError as e:
+                raise line.error(*e.messages, _invalid(line)) from None
+    except ConfigError as e:
+        if e.logfile is None:
+            e.logfile = values["logfile"]      # the logfile in force when the bad line was read: PgBouncer logs there
+        raise
     if not seen_main:
         raise ConfigError("load_init_file: main section missing from config file")
     values.update(frozen)

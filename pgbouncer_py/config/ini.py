@@ -19,6 +19,8 @@ _INCLUDE_RE = re.compile(r"%include[ \t\f\v](.*)\Z", re.S)
 class ConfigError(Exception):
     """A configuration problem; str() is PgBouncer's (first) log text, .messages all lines in order."""
 
+    logfile: str | None = None   # load_config: the logfile setting read before the problem, if any
+
     def __init__(self, *messages: str):
         super().__init__(*messages)
         self.messages: list[str] = list(messages)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Kinds:
@@ -76,6 +77,11 @@ class Param:
     reloadable: bool = True
     choices: tuple[str, ...] = ()
     doc: str = ""
+    validator: Callable[[object], str | None] | None = None   # parsed value -> PgBouncer's complaint, or None
+
+    def problem(self, value) -> str | None:
+        """Why a parsed value is refused (load, RELOAD and SET log it), or None."""
+        return self.validator(value) if self.validator is not None else None
 
     def parse(self, text: str):
         """Config-file / SET text -> python value; ValueError on a bad value."""
@@ -120,10 +126,18 @@ _AUTH_QUERY = (
 
 _NR = False  # readability marker for no-reload rows
 
+
+def _not_the_console(value) -> str | None:
+    if value == "pgbouncer":
+        return 'cannot use the reserved "pgbouncer" database as an auth_dbname'
+    return None
+
+
 _TABLE: list[Param] = [
     Param("admin_users", "str", "", doc="Comma-separated users allowed to run every admin console command."),
     Param("application_name_add_host", "bool", "0", doc="Append the client address and port to application_name at connect time."),
-    Param("auth_dbname", "str", "", doc="Database whose pool runs auth_query lookups when a database entry names none."),
+    Param("auth_dbname", "str", "", doc="Database whose pool runs auth_query lookups when a database entry names none.",
+          validator=_not_the_console),
     Param("auth_file", "str", "", doc="File with user names and passwords or password hashes."),
     Param("auth_hba_file", "str", "", doc="HBA-style rules file consulted when auth_type is hba."),
     Param("auth_ident_file", "str", "", doc="Ident map file used by map= options in the HBA file."),

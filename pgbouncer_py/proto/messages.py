@@ -118,24 +118,40 @@ def parse_command_tag(body: bytes) -> str:
 class MessageReader:
     """Accumulates bytes and yields complete (type, body) messages; for the slow (login) paths only."""
 
-    __slots__ = ("buf", "max_size")
+    __slots__ = ("buf", "drop", "max_size", "oversize", "skip_oversize")
 
-    def __init__(self, max_size: int = 2147483647):
+    def __init__(self, max_size: int = 2147483647, skip_oversize: bool = False):
+        """skip_oversize: a message longer than max_size is read to its end and thrown away as it arrives, then
+        reported as (type, None); otherwise it raises "packet too large"."""
         self.buf = bytearray()
         self.max_size = max_size
+        self.skip_oversize = skip_oversize
+        self.drop = 0
+        self.oversize = 0
 
     def feed(self, data: bytes) -> None:
         self.buf += data
 
-    def next(self) -> tuple[int, bytes] | None:
+    def next(self) -> tuple[int, bytes | None] | None:
         buf = self.buf
+        if self.drop:
+            n = min(self.drop, len(buf))
+            del buf[:n]
+            self.drop -= n
+            if self.drop:
+                return None
+            return self.oversize, None
         if len(buf) < 5:
             return None
         mtype, length = _HDR.unpack_from(buf, 0)
         if length < 4:
             raise ProtocolError("invalid packet length")
         if length > self.max_size:
-            raise ProtocolError("packet too large")
+            if not self.skip_oversize:
+                raise ProtocolError("packet too large")
+            self.oversize = mtype[0]
+            self.drop = length + 1
+            return self.next()
         if len(buf) < length + 1:
             return None
         body = bytes(buf[5:length + 1])
