@@ -9,8 +9,9 @@ from pgbouncer_py.net import listen
 
 MAX_CONNECTIONS = 64        # open HTTP connections at once; more are answered 503 and closed
 MAX_HEAD = 8192             # bytes of request line + headers
-REQUEST_TIMEOUT = 10.0      # seconds to send the request head
-LIFETIME = 30.0             # seconds a connection may live in all, a slow reader of the answer included
+REQUEST_TIMEOUT = 5.0       # seconds to send the request head
+LIFETIME = 30.0             # seconds a slow reader gets to take the answer
+LINGER = 1.0                # seconds between checks that the answer has left, before closing
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
             431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
@@ -55,20 +56,21 @@ class HttpConnection(asyncio.Protocol):
         self.buf = b""
         self.answered = False
         self.timer = None
+        self.deadline = 0.0
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         loop = asyncio.get_running_loop()
         if len(self.server.conns) >= MAX_CONNECTIONS:
             self.answered = True
-            self._send(response(503, b"too many connections\n"))
+            self._send(response(503, b"too many connections\n"), linger=False)
             return
         self.server.conns.add(self)
         self.timer = loop.call_later(REQUEST_TIMEOUT, self._timed_out)
 
     def data_received(self, data: bytes) -> None:
         if self.answered:
-            return
+            return      # the rest of a request we already answered: read and dropped, so closing sends no reset
         self.buf += data
         end = self.buf.find(b"\r\n\r\n")
         if end < 0:
@@ -94,35 +96,46 @@ class HttpConnection(asyncio.Protocol):
     def eof_received(self):
         if not self.answered:
             self._answer(400, b"incomplete request\n")
-        return True
+        return False            # close once the answer is flushed
 
     def _answer(self, status: int, body: bytes, ctype: str = TEXT, *, head_only: bool = False) -> None:
         self.answered = True
         self._send(response(status, body, ctype, head_only=head_only))
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes, *, linger: bool = True) -> None:
+        """Write the answer and end our side; without `linger` close at once (connections over the limit)."""
         t = self.transport
         if t is None or t.is_closing():
             return
-        try:
-            t.pause_reading()
-        except (AttributeError, RuntimeError):
-            pass
         t.write(data)
-        t.close()                  # flushes, then closes; the lifetime timer aborts a reader that never reads
+        if not linger:
+            t.close()
+            return
+        if t.can_write_eof():
+            t.write_eof()       # the client sees the end; what it still sends is dropped until it closes
         if self.timer is not None:
             self.timer.cancel()
-            self.timer = asyncio.get_running_loop().call_later(LIFETIME, self._abort)
+        self.deadline = asyncio.get_running_loop().time() + LIFETIME
+        self.timer = asyncio.get_running_loop().call_later(LINGER, self._linger)
+
+    def _linger(self) -> None:
+        """Close once the answer has left (a slow reader gets until LIFETIME, then the connection is aborted)."""
+        self.timer = None
+        t = self.transport
+        if t is None:
+            return
+        loop = asyncio.get_running_loop()
+        if t.get_write_buffer_size() == 0:
+            t.close()
+        elif loop.time() >= self.deadline:
+            t.abort()
+        else:
+            self.timer = loop.call_later(LINGER, self._linger)
 
     def _timed_out(self) -> None:
         self.timer = None
         if not self.answered:
             self._answer(408, b"request not received in time\n")
-
-    def _abort(self) -> None:
-        self.timer = None
-        if self.transport is not None:
-            self.transport.abort()
 
     def connection_lost(self, exc) -> None:
         if self.timer is not None:
