@@ -23,7 +23,7 @@ APT_PACKAGES=(
     python3 python3-venv python3-dev gcc libc6-dev python3-uvloop python3-aiodns python3-cryptography python3-psycopg2
     procps util-linux ca-certificates valgrind
     python3-pampy libpam-pwdfile openssl iptables
-    prometheus-pgbouncer-exporter
+    prometheus-pgbouncer-exporter python3-prometheus-client
     default-jdk-headless libpostgresql-jdbc-java
 )
 
