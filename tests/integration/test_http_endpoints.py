@@ -378,3 +378,23 @@ def test_scrapes_do_not_disturb_clients(pooler_factory, pg):
     t.join(15)
     assert bench.returncode == 0, out
     assert errors == []
+
+
+def test_online_restart_hands_the_http_port_over(pooler_factory):
+    """-R: the old process closes its HTTP listener when it hands its sockets over; the new one binds the port
+    (no 'Address already in use' retry) and serves /ready and /metrics with the adopted client counted."""
+    from test_takeover import restart
+
+    p = start(pooler_factory, {"pool_mode": "session"})
+    c = p.connect(autocommit=True)
+    c.execute("select 1")
+    mark = p.log_mark()
+    new = restart(pooler_factory, p)
+    new.http = p.http
+    new.wait_for_log(r"listening on http://127.0.0.1:\d+ ", since=mark)
+    assert "Address already in use" not in new.log()[mark:]
+    assert get_json(new, "/ready") == (200, {"ready": True})
+    assert get_json(new, "/health")[1]["pid"] == new.pid
+    s = scrape(new)
+    assert value(s, "pgbouncer_pools_client_active_connections", database="testdb", user="md5user") == 1
+    assert c.execute("select 2").fetchone() == (2,)
