@@ -216,3 +216,23 @@ def test_pause_timeout_bad_values(pooler):
             run(adm, "PAUSE nosuch TIMEOUT 3")
         assert "no such database: nosuch" in ei.value.pgerror
         assert dict(run(adm, "SHOW STATE")[1])["paused"] == "no"
+
+
+def test_sigusr2_while_pause_waits(pooler):
+    """SIGUSR2 (resume) while a PAUSE TIMEOUT waits: the PAUSE is answered with the error at once."""
+    import signal
+
+    p = pooler
+    tx = in_transaction(p)
+    pause = console_psql(p, "PAUSE TIMEOUT 30")
+    try:
+        wait_until(lambda: state(p)["paused"] == "yes", message="pause mode")
+        p.signal(signal.SIGUSR2)
+        _, err = pause.communicate(timeout=5)
+        assert "PAUSE canceled: RESUME was issued while it waited for server connections" in err
+        assert state(p)["paused"] == "no"
+    finally:
+        if pause.poll() is None:
+            pause.kill()
+            pause.communicate()
+        tx.close()
