@@ -3,6 +3,7 @@ transactions in flight, and RESUME racing a waiting PAUSE, which leaves PgBounce
 issue #715) while ours answers at once."""
 
 import contextlib
+import signal
 import subprocess
 import threading
 import time
@@ -36,6 +37,13 @@ def console_psql(p, sql: str) -> subprocess.Popen:
            "-d", "pgbouncer", "-c", sql]
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=clean_env({"PGCONNECT_TIMEOUT": "10"}))
+
+
+def kill(proc: subprocess.Popen) -> None:
+    """End a console psql that is still waiting (PgBouncer's hanging PAUSE)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
 
 
 def in_transaction(p):
@@ -78,9 +86,7 @@ def test_resume_while_pause_waits(pooler_factory, binary):
         with p.connect() as c:
             assert c.execute("select 42").fetchone() == (42,)
     finally:
-        if pause.poll() is None:
-            pause.kill()
-            pause.communicate()
+        kill(pause)
         tx.close()
     if binary == "py":
         p.wait_for_log(r"ERROR PAUSE canceled: RESUME was issued")
@@ -184,26 +190,29 @@ def test_pause_timeout_force_cancels_and_closes_what_runs(pooler, pg):
     p.wait_for_log(r"PAUSE TIMEOUT 1 FORCE: closed 2 server connection\(s\) still in use")
 
 
-def test_resume_cancels_a_timed_pause_that_then_never_fires(pooler):
-    """PAUSE TIMEOUT waiting, RESUME, then a new PAUSE that completes: the first bound must not undo the second."""
+@pytest.mark.parametrize("how", ["RESUME", "SIGUSR2"])
+def test_resume_cancels_a_timed_pause_that_then_never_fires(pooler, how):
+    """PAUSE TIMEOUT waiting, RESUME (or SIGUSR2), then a new PAUSE that completes: the first bound must not undo
+    the second."""
     p = pooler
     tx = in_transaction(p)
     pause = console_psql(p, "PAUSE TIMEOUT 1.5")
     try:
         wait_until(lambda: state(p)["paused"] == "yes", message="pause mode")
         with console(p) as adm:
-            assert run(adm, "RESUME")[0] == "RESUME"
+            if how == "RESUME":
+                assert run(adm, "RESUME")[0] == "RESUME"
+            else:
+                p.signal(signal.SIGUSR2)
             _, err = pause.communicate(timeout=5)
-            assert "PAUSE canceled: RESUME was issued" in err
+            assert "PAUSE canceled: RESUME was issued while it waited for server connections" in err
             tx.commit()
             assert run(adm, "PAUSE")[0] == "PAUSE"
             time.sleep(2)                                     # past the first PAUSE's bound
             assert dict(run(adm, "SHOW STATE")[1])["paused"] == "yes"
             assert run(adm, "RESUME")[0] == "RESUME"
     finally:
-        if pause.poll() is None:
-            pause.kill()
-            pause.communicate()
+        kill(pause)
         tx.close()
 
 
@@ -217,22 +226,3 @@ def test_pause_timeout_bad_values(pooler):
         assert "no such database: nosuch" in ei.value.pgerror
         assert dict(run(adm, "SHOW STATE")[1])["paused"] == "no"
 
-
-def test_sigusr2_while_pause_waits(pooler):
-    """SIGUSR2 (resume) while a PAUSE TIMEOUT waits: the PAUSE is answered with the error at once."""
-    import signal
-
-    p = pooler
-    tx = in_transaction(p)
-    pause = console_psql(p, "PAUSE TIMEOUT 30")
-    try:
-        wait_until(lambda: state(p)["paused"] == "yes", message="pause mode")
-        p.signal(signal.SIGUSR2)
-        _, err = pause.communicate(timeout=5)
-        assert "PAUSE canceled: RESUME was issued while it waited for server connections" in err
-        assert state(p)["paused"] == "no"
-    finally:
-        if pause.poll() is None:
-            pause.kill()
-            pause.communicate()
-        tx.close()
