@@ -5,7 +5,7 @@ import os
 import struct
 import time
 
-from pgbouncer_py import pooling, prepare, varcache
+from pgbouncer_py import metrics, pooling, prepare, varcache
 from pgbouncer_py.auth import login
 from pgbouncer_py.log import log
 from pgbouncer_py.net import tls
@@ -636,6 +636,8 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.transport.write(b"".join(out))
         self.phase = PH_WORK
         set_client_state(self, CL_ACTIVE)
+        if metrics.recorder is not None:
+            metrics.recorder.logged_in(self.pool.db, time.monotonic() - self.created)
         self._max_packet = cfg.max_packet_size
         self.idle_since = time.monotonic()
         self.no_pqexec = bool(cfg.disable_pqexec)
@@ -717,6 +719,8 @@ class Client(LinkedFlow, asyncio.Protocol):
     def close(self, reason: str, *, send_error: bool = False, sqlstate: str = "08P01", quiet: bool = False) -> None:
         if self.phase == PH_CLOSED:
             return
+        if self.phase < PH_WORK and metrics.recorder is not None and self.username and not self.admin:
+            metrics.recorder.login_failed(self.dbname)
         self.phase = PH_CLOSED
         self.closing_reason = reason
         cfg = registry.cfg

@@ -89,6 +89,7 @@ class Pooler:
         self.auth_file_stat = None
         self.exit_code = 0
         self.tls_error = None           # why the last TLS (re)configuration failed
+        self.endpoints = None           # health.Endpoints when http_listen_addr is set (pgbouncer-py extension)
 
     # --- configuration into objects ---
     def apply_config(self, cfg) -> None:
@@ -249,6 +250,10 @@ class Pooler:
             from pgbouncer_py import takeover
             await takeover.adopt(self.takeover, self.listeners)
             self.takeover = None
+        if self.cfg.http_listen_addr:
+            from pgbouncer_py import health
+            self.endpoints = health.Endpoints(self.cfg)
+            await self.endpoints.start()
         self._install_signals(loop)
         self.janitor.start()
         self._sd_notify("READY=1")
@@ -398,6 +403,7 @@ class Pooler:
     def freeze_for_takeover(self) -> None:
         """Stop accepting and stop the janitor; listening sockets stay open (dups) for SHOW FDS."""
         self.janitor.stop()
+        self._close_endpoints()     # the new process binds the HTTP port itself
         for lst in self.listeners:
             if lst.server is not None and lst.handover is None:
                 lst.handover = lst.sock.dup()
@@ -416,7 +422,13 @@ class Pooler:
         sys.stderr.flush()
         os._exit(0)
 
+    def _close_endpoints(self) -> None:
+        if self.endpoints is not None:
+            self.endpoints.close()
+            self.endpoints = None
+
     async def _close_everything(self) -> None:
+        self._close_endpoints()
         for lst in self.listeners:
             if lst.server is not None:
                 lst.server.close()

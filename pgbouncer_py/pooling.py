@@ -2,7 +2,7 @@
 
 import time
 
-from pgbouncer_py import varcache
+from pgbouncer_py import metrics, varcache
 from pgbouncer_py.log import log
 from pgbouncer_py.objects import (
     CL_ACTIVE,
@@ -226,6 +226,8 @@ def link(client, server) -> None:
     now = time.monotonic()
     if client.state == CL_WAITING:
         client.pool.db.stats.wait_time += int((now - client.wait_start) * 1e6)
+        if metrics.recorder is not None:
+            metrics.recorder.waited(client.pool.db, now - client.wait_start)
     client.pool.db.stats.server_assignment_count += 1
     set_client_state(client, CL_ACTIVE)
     set_server_state(server, SV_ACTIVE)

@@ -24,7 +24,7 @@ APT_PACKAGES=(
     procps util-linux ca-certificates valgrind
     python3-pampy libpam-pwdfile openssl iptables
     python3-ldap3 slapd ldap-utils
-    prometheus-pgbouncer-exporter
+    prometheus-pgbouncer-exporter python3-prometheus-client
     default-jdk-headless libpostgresql-jdbc-java
 )
 

@@ -3,7 +3,14 @@
 import struct
 
 from pgbouncer_py.admin import show
-from pgbouncer_py.admin.console import FAKE_SHOW, AdminError, parse_command, parse_set, parse_shutdown
+from pgbouncer_py.admin.console import (
+    FAKE_SHOW,
+    AdminError,
+    parse_command,
+    parse_pause_timeout,
+    parse_set,
+    parse_shutdown,
+)
 from pgbouncer_py.admin.show import INT4, INT8, NUMERIC, TEXT, Result  # noqa: F401  (re-exported)
 from pgbouncer_py.proto import build
 
@@ -108,6 +115,10 @@ def execute(console, sql: str):
     if st is not None:
         console.require_admin()
         return ADMIN_COMMANDS["set"](console, st)
+    bounded = parse_pause_timeout(sql)
+    if bounded is not None:
+        console.require_admin()
+        return ADMIN_COMMANDS["pause_timeout"](console, bounded)
     cmd = parse_command(sql)
     if cmd is None:
         raise AdminError(f"invalid command '{sql}', use SHOW HELP;")

@@ -18,6 +18,9 @@ _CMD_RE = re.compile(rf"^\s*({_WORD})(?:\s+({_WORD}))?\s*(?:;\s*)?$", re.IGNOREC
 _SET_RE = re.compile(r"^\s*set\s+([0-9a-z_]+|\"[^\"]*\")\s*(?:=|\s+to\s+)\s*('(?:[^']|'')*'|[^\s;']+)\s*(?:;\s*)?$",
                      re.IGNORECASE | re.DOTALL)
 _SHUTDOWN_RE = re.compile(r"^\s*shutdown(?:\s+(wait_for_servers|wait_for_clients))?\s*(?:;\s*)?$", re.IGNORECASE)
+# pgbouncer-py extension (docs/extensions.md): PAUSE [db] TIMEOUT seconds [FORCE]
+_PAUSE_TIMEOUT_RE = re.compile(rf"^\s*pause(?:\s+({_WORD}))?\s+timeout\s+([0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+                               r"(?:\s+(force))?\s*(?:;\s*)?$", re.IGNORECASE)
 
 FAKE_SHOW = {"client_encoding": "UTF-8", "default_transaction_isolation": "read committed",
              "standard_conforming_strings": "on", "datestyle": "ISO", "timezone": "GMT"}
@@ -145,6 +148,14 @@ def parse_set(sql: str) -> tuple[str, str] | None:
     if val.startswith("'"):
         val = val[1:-1].replace("''", "'")
     return key, val
+
+
+def parse_pause_timeout(sql: str) -> tuple[str | None, float, bool] | None:
+    """(database or None, seconds, force) for PAUSE [db] TIMEOUT n [FORCE], else None."""
+    m = _PAUSE_TIMEOUT_RE.match(sql)
+    if m is None:
+        return None
+    return unquote(m.group(1)), float(m.group(2)), m.group(3) is not None
 
 
 def parse_shutdown(sql: str) -> str | None:

@@ -22,6 +22,21 @@ class _State:
         self.suspender = None              # the console that issued SUSPEND
         self.suspend_start = 0.0
         self.held_transports: list = []    # transports SUSPEND paused
+        self.timed_pauses: list[TimedPause] = []   # PAUSE ... TIMEOUT n still waiting for their servers
+
+
+class TimedPause:
+    """A PAUSE [db] TIMEOUT n [FORCE] (pgbouncer-py extension) whose servers are not all released yet; its bound
+    holds even if the console that issued it leaves."""
+
+    __slots__ = ("console", "db", "deadline", "seconds", "force")
+
+    def __init__(self, console, db, deadline: float, seconds: float, force: bool):
+        self.console = console
+        self.db = db
+        self.deadline = deadline
+        self.seconds = seconds
+        self.force = force
 
 
 state = _State()
@@ -62,10 +77,10 @@ def _pause_progress(db=None) -> bool:
     return not busy
 
 
-def cmd_pause(console, arg):
+def _start_pause(arg):
+    """Enter pause mode for one database or all; the database (None for all)."""
     if registry.suspended or registry.paused:
         raise AdminError("already suspended/paused")
-    _issued("PAUSE", arg)
     db = None
     if arg is None:
         registry.paused = True
@@ -74,10 +89,105 @@ def cmd_pause(console, arg):
         if db.admin:
             raise AdminError(f"cannot pause admin db: {arg}")
         db.paused = True
+    return db
+
+
+def cmd_pause(console, arg):
+    _issued("PAUSE", arg)
+    db = _start_pause(arg)
     if _pause_progress(db):
         return _done("PAUSE")
     state.waiters.append((console, "pause", db))
     return "defer"
+
+
+def cmd_pause_timeout(console, bounded):
+    """PAUSE [db] TIMEOUT n [FORCE]: like PAUSE, but after n seconds either give up (ERROR, and the pause is
+    undone) or, with FORCE, cancel and close what still runs and complete the PAUSE."""
+    arg, seconds, force = bounded
+    text = f"PAUSE{'' if arg is None else ' ' + arg} TIMEOUT {seconds:g}{' FORCE' if force else ''}"
+    log.info(f"{text} command issued")
+    if seconds <= 0:
+        raise AdminError("PAUSE TIMEOUT needs a number of seconds above 0")
+    db = _start_pause(arg)
+    if _pause_progress(db):
+        return _done("PAUSE")
+    state.waiters.append((console, "pause", db))
+    state.timed_pauses.append(TimedPause(console, db, time.monotonic() + seconds, seconds, force))
+    return "defer"
+
+
+def _busy_servers(db) -> list:
+    return [s for pool in _pools(db) for lst in (pool.active_servers, pool.tested_servers,
+                                                 pool.active_cancel_servers, pool.being_canceled_servers)
+            for s in list(lst)]
+
+
+def _take_waiter(console, db) -> bool:
+    """Remove the pause wait of `console` for scope `db`; whether it was still waiting."""
+    for i, w in enumerate(state.waiters):
+        if w[0] is console and w[1] == "pause" and w[2] is db:
+            del state.waiters[i]
+            return True
+    return False
+
+
+def _fail(console, message: str, sqlstate: str) -> None:
+    """The late ERROR answer of a deferred command, logged like any console error."""
+    log.error(message)
+    if registry.cfg.log_pooler_errors:
+        log.warning(f"{console.client.prefix()}pooler error: {message}")
+    console.finish_deferred(build.error_response(message, sqlstate, "ERROR"))
+
+
+def _undo_pause(db) -> None:
+    if db is None:
+        registry.paused = False
+    else:
+        db.paused = False
+    kick_pools()
+
+
+def _force_release(db) -> int:
+    """Cancel the queries still running in scope `db` and close their server connections (and clients)."""
+    from pgbouncer_py.client import _send_cancel  # the cancel request a client's ^C sends
+    busy = _busy_servers(db)
+    for s in busy:
+        if s.backend_key:
+            registry.loop.create_task(_send_cancel(s))
+        s.close("server connection closed by PAUSE TIMEOUT FORCE")     # its client is told and disconnected
+    return len(busy)
+
+
+def _timed_pause_tick(now: float) -> None:
+    """Give up or force each PAUSE ... TIMEOUT whose time is up; forget the ones that completed or were resumed."""
+    current, state.timed_pauses = state.timed_pauses, []
+    keep = []
+    for tp in current:
+        paused = registry.paused if tp.db is None else tp.db.paused
+        if not paused or _pause_progress(tp.db):
+            continue            # resumed (RESUME answered it) or complete (janitor_tick answers PAUSE)
+        if now < tp.deadline:
+            keep.append(tp)
+            continue
+        waiting = _take_waiter(tp.console, tp.db)
+        scope = "" if tp.db is None else f" {tp.db.name}"
+        if tp.force:
+            n = _force_release(tp.db)
+            log.info(f"PAUSE{scope} TIMEOUT {tp.seconds:g} FORCE: closed {n} server connection(s) still in use")
+            if waiting:
+                tp.console.finish_deferred(build.notice_response(
+                    f"PAUSE TIMEOUT FORCE closed {n} server connection(s) still in use") + _done("PAUSE"))
+        else:
+            n = len(_busy_servers(tp.db))
+            _undo_pause(tp.db)
+            message = (f"PAUSE{scope} timed out after {tp.seconds:g} s with {n} server connection(s) still in use; "
+                       f"pause undone")
+            if waiting:
+                _fail(tp.console, message, "57014")
+            else:
+                log.warning(message)
+    state.timed_pauses = keep + state.timed_pauses     # plus pauses that the answered consoles started meanwhile
 
 
 def cmd_resume(console, arg):
@@ -91,15 +201,29 @@ def cmd_resume(console, arg):
             raise AdminError("pooler is not paused/suspended")
         registry.paused = False
         registry.suspended = False
-        _answer_waiters("pause", None, "PAUSE")
+        _resumed_while_pausing(None)
     else:
         db = _find_db(arg)
         if not db.paused:
             raise AdminError(f"database {arg} is not paused")
         db.paused = False
-        _answer_waiters("pause", db, "PAUSE")
+        _resumed_while_pausing(db)
     kick_pools()
     return _done("RESUME")
+
+
+def _resumed_while_pausing(db) -> None:
+    """A RESUME came while a PAUSE of the same scope still waited for its servers: that PAUSE can never complete,
+    so it is answered with an error now (PgBouncer leaves it waiting forever, its issue #715)."""
+    current, state.waiters = state.waiters, []
+    keep = []
+    for w in current:
+        if w[1] == "pause" and w[2] is db:
+            _fail(w[0], "PAUSE canceled: RESUME was issued while it waited for server connections", "57014")
+        else:
+            keep.append(w)
+    state.waiters = keep + state.waiters
+    state.timed_pauses = [tp for tp in state.timed_pauses if tp.db is not db]
 
 
 def cmd_suspend(console, arg):
@@ -187,7 +311,7 @@ def resume_all() -> None:
         _resume_sockets()
     registry.paused = False
     registry.suspended = False
-    _answer_waiters("pause", None, "PAUSE")
+    _resumed_while_pausing(None)
     kick_pools()
 
 
@@ -331,17 +455,6 @@ def shutdown(console, mode: str):
 
 
 # --- progress of deferred answers, from the janitor ---
-def _answer_waiters(kind: str, db, tag: str) -> None:
-    current, state.waiters = state.waiters, []
-    keep = []
-    for w in current:
-        if w[1] == kind and (db is None or w[2] is db):
-            w[0].finish_deferred(_done(tag))
-        else:
-            keep.append(w)
-    state.waiters = keep + state.waiters     # plus waits that the answered consoles started meanwhile
-
-
 def janitor_tick(now: float) -> None:
     """Called by the janitor: pauses close released servers, deferred answers go out when due."""
     if registry.paused and not registry.suspended:
@@ -349,6 +462,8 @@ def janitor_tick(now: float) -> None:
     for db in list(registry.databases.values()):
         if db.paused:
             _pause_progress(db)
+    if state.timed_pauses:
+        _timed_pause_tick(now)
     if not state.waiters:
         return
     current, state.waiters = state.waiters, []
@@ -356,7 +471,10 @@ def janitor_tick(now: float) -> None:
     for console, kind, db in current:
         if kind == "pause":
             paused = registry.paused if db is None else db.paused
-            done = paused and _pause_progress(db)
+            if not paused:      # undone without answering it (cannot happen today): never wait forever
+                _fail(console, "PAUSE canceled: the pause was undone while it waited", "57014")
+                continue
+            done = _pause_progress(db)
             tag = "PAUSE"
         elif kind == "suspend":
             done = _flushed() or _suspend_timeout(now)
@@ -398,7 +516,7 @@ def console_closed(console) -> None:
 def register() -> None:
     from pgbouncer_py.admin import commands
     commands.ADMIN_COMMANDS.update({
-        "pause": cmd_pause, "resume": cmd_resume, "suspend": cmd_suspend, "disable": cmd_disable,
+        "pause": cmd_pause, "pause_timeout": cmd_pause_timeout, "resume": cmd_resume, "suspend": cmd_suspend, "disable": cmd_disable,
         "enable": cmd_enable, "reconnect": cmd_reconnect, "kill": cmd_kill, "kill_client": cmd_kill_client,
         "wait_close": cmd_wait_close, "reload": reload, "shutdown": shutdown, "set": cmd_set,
     })

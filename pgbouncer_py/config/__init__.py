@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 
 from .connstr import SYNTAX_DB, SYNTAX_USER, atoi, parse_connstr
 from .ini import ConfigError, IniLine, iter_ini, read_ini
-from .params import ALIASES, HIDDEN, PARAMS, POOL_MODES, Param
+from .params import ALIASES, ALL_PARAMS, EXTENSIONS, HIDDEN, PARAMS, POOL_MODES, Param
 
 __all__ = [
     "ALIASES", "PARAMS", "Config", "ConfigError", "DatabaseConf", "IniLine", "Param", "PeerConf",
@@ -161,7 +161,7 @@ def parse_peer(name: str, connstr: str) -> PeerConf:
 def _lookup(name: str) -> Param | None:
     """The setting called `name` (case-sensitive), or None. Windows-only keys are unknown on Linux."""
     name = ALIASES.get(name, name)
-    return None if name in HIDDEN else PARAMS.get(name)
+    return None if name in HIDDEN else ALL_PARAMS.get(name)
 
 
 def _invalid(line: IniLine) -> str:
@@ -193,10 +193,13 @@ class Config:
         return self._values[name]
 
     def show_rows(self) -> list[tuple[str, str, str, str]]:
-        """SHOW CONFIG rows: key, value, default, changeable."""
+        """SHOW CONFIG rows: key, value, default, changeable (the extensions only while turned on)."""
+        params = list(PARAMS.values())
+        if self._values["http_listen_addr"]:
+            params = sorted(params + list(EXTENSIONS.values()), key=lambda p: p.name)
         return [
             (p.name, p.format(self._values[p.name]), p.default, "yes" if p.reloadable else "no")
-            for p in PARAMS.values()
+            for p in params
             if p.name not in HIDDEN
         ]
 
@@ -231,7 +234,7 @@ class Config:
 
 
 def _defaults(path: str) -> dict:
-    values = {name: p.default_value for name, p in PARAMS.items()}
+    values = {name: p.default_value for name, p in ALL_PARAMS.items()}
     values["conffile"] = path
     return values
 
@@ -243,7 +246,7 @@ def load_config(path: str, *, startup: Config | None = None) -> Config:
     their startup values whatever the file now says, and every other setting starts from its default.
     """
     base = _defaults(path)
-    frozen = {n: startup.get(n) for n, p in PARAMS.items() if not p.reloadable} if startup else {}
+    frozen = {n: startup.get(n) for n, p in ALL_PARAMS.items() if not p.reloadable} if startup else {}
     values = {**base, **frozen}
     databases: dict[str, DatabaseConf] = {}
     users: dict[str, UserConf] = {}

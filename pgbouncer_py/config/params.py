@@ -245,3 +245,15 @@ ALIASES: dict[str, str] = {}
 
 # Settings hidden from SHOW CONFIG on Linux.
 HIDDEN = frozenset({"service_name"})
+
+# pgbouncer-py extensions (docs/extensions.md), not PgBouncer settings: PARAMS above stays PgBouncer's table.
+# A config that sets none of them is read, and shown by SHOW CONFIG, exactly as PgBouncer would; their rows
+# join SHOW CONFIG (in key order) only while the HTTP listener is turned on (http_listen_addr not empty).
+EXTENSIONS: dict[str, Param] = {p.name: p for p in [
+    Param("http_listen_addr", "str", "", _NR, doc="pgbouncer-py extension: comma-separated addresses (* for all) of "
+          "the HTTP listener serving /metrics, /health and /ready; empty (the default) means no listener."),
+    Param("http_listen_port", "int", "9127", _NR, doc="pgbouncer-py extension: TCP port of the HTTP listener."),
+    Param("http_ready_check_servers", "bool", "0", doc="pgbouncer-py extension: /ready also requires that no "
+          "database's most recent server login failed (a live server connection counts as a success)."),
+]}
+ALL_PARAMS: dict[str, Param] = {**PARAMS, **EXTENSIONS}

@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 
 from pgbouncer_py.admin import commands, show
-from pgbouncer_py.admin.console import parse_command, parse_set, parse_shutdown
+from pgbouncer_py.admin.console import parse_command, parse_pause_timeout, parse_set, parse_shutdown
 
 
 @pytest.mark.parametrize(("sql", "expected"), [
@@ -49,6 +49,23 @@ def test_parse_set(sql, expected):
 ])
 def test_parse_shutdown(sql, expected):
     assert parse_shutdown(sql) == expected
+
+
+@pytest.mark.parametrize(("sql", "expected"), [
+    ("PAUSE TIMEOUT 5", (None, 5.0, False)),
+    ("pause timeout 2.5;", (None, 2.5, False)),
+    ("PAUSE appdb TIMEOUT 10 FORCE", ("appdb", 10.0, True)),
+    ("pause timeout timeout .5 force ;", ("timeout", 0.5, True)),     # a database called "timeout"
+    ('PAUSE "My Db" TIMEOUT 0', ("My Db", 0.0, False)),             # refused later, with a clear error
+    ("PAUSE timeout", None),                                         # plain PAUSE of a database "timeout"
+    ("PAUSE", None),
+    ("PAUSE TIMEOUT", None),
+    ("PAUSE TIMEOUT -1", None),
+    ("PAUSE TIMEOUT 5 NOW", None),
+    ("PAUSE a b TIMEOUT 5", None),
+])
+def test_parse_pause_timeout(sql, expected):
+    assert parse_pause_timeout(sql) == expected
 
 
 def _decode_numeric(b: bytes) -> Decimal:

@@ -345,3 +345,27 @@ def test_changed_settings_and_lists(minimal):
     assert minimal.list_setting("stats_users") == []
     assert minimal.list_setting("track_extra_parameters") == ["IntervalStyle"]
     assert isinstance(other, Config)
+
+
+# ---------------------------------------------------------------- pgbouncer-py extensions
+
+def test_extension_settings_read_and_shown_only_when_on(tmp_path, minimal):
+    from pgbouncer_py.config.params import EXTENSIONS
+    assert not set(EXTENSIONS) & set(PARAMS)                 # PgBouncer's own table is unchanged
+    assert (minimal.http_listen_addr, minimal.http_listen_port, minimal.http_ready_check_servers) == ("", 9127, 0)
+    off_rows = minimal.show_rows()
+    assert [r[0] for r in off_rows] == [n for n in PARAMS if n != "service_name"]
+    on = _load_text(tmp_path, "[pgbouncer]\nhttp_listen_addr = 127.0.0.1\nhttp_listen_port = 9200\n", "on.ini")
+    rows = {r[0]: r for r in on.show_rows()}
+    assert rows["http_listen_addr"] == ("http_listen_addr", "127.0.0.1", "", "no")
+    assert rows["http_listen_port"] == ("http_listen_port", "9200", "9127", "no")
+    assert rows["http_ready_check_servers"] == ("http_ready_check_servers", "0", "0", "yes")
+    keys = [r[0] for r in on.show_rows()]
+    assert keys == sorted(keys) and len(keys) == len(off_rows) + 3
+    # SET: the reloadable one changes, the listener ones are accepted and left as they are (like listen_addr)
+    assert on.with_setting("http_ready_check_servers", "1").http_ready_check_servers == 1
+    assert on.with_setting("http_listen_port", "1").http_listen_port == 9200
+    # RELOAD keeps the listener settings of the startup config
+    (tmp_path / "on.ini").write_text("[pgbouncer]\nhttp_listen_addr = *\nhttp_ready_check_servers = 1\n")
+    again = load_config(str(tmp_path / "on.ini"), startup=on)
+    assert (again.http_listen_addr, again.http_listen_port, again.http_ready_check_servers) == ("127.0.0.1", 9200, 1)
