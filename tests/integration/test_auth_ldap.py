@@ -386,4 +386,4 @@ def test_bad_auth_ldap_options(factory, ldap_pg):
     pooler.wait_for_log("ERROR auth_ldap_options: cannot use ldapbasedn, ldapbinddn, ldapbindpasswd, "
                         "ldapsearchattribute, ldapsearchfilter, or ldapurl together with ldapprefix")
     assert login_result(pooler.dsn("ldapdb", ALICE, "alice-pw")) == FAIL
-    pooler.wait_for_log(rf"ERROR C-\S+ ldapdb/\(nouser\)@127.0.0.1:\d+ auth_ldap_options: cannot use")
+    pooler.wait_for_log(r"ERROR C-\S+ ldapdb/\(nouser\)@127.0.0.1:\d+ auth_ldap_options: cannot use")
