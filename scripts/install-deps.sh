@@ -45,7 +45,27 @@ _missing_apt_packages() {
     done
 }
 
+# The package test (tests/packaging/test_deb.py) holds this lock while it swaps Debian's pgbouncer for ours: an
+# install started meanwhile (a second test run on the same machine) would put pgbouncer back in the middle of it.
+PKG_TEST_LOCK=/var/lock/pgbouncer-py-test-deb.lock
+
 install_apt_packages() {
+    if [ "$(id -u)" -ne 0 ] || [ -z "$(_missing_apt_packages)" ] || ! command -v flock >/dev/null 2>&1; then
+        _install_apt_packages
+        return
+    fi
+    local rc=0
+    exec 9>>"$PKG_TEST_LOCK"
+    if ! flock -n 9; then
+        _say "waiting for the Debian package test running on this machine (it holds $PKG_TEST_LOCK)"
+        flock -w 1800 9 || { _say "still locked after 30 minutes"; exec 9>&-; return 1; }
+    fi
+    _install_apt_packages || rc=$?
+    exec 9>&-
+    return "$rc"
+}
+
+_install_apt_packages() {
     local missing
     missing="$(_missing_apt_packages | tr '\n' ' ')"
     missing="${missing% }"
