@@ -387,9 +387,12 @@ def test_fresh_install_conffiles_man_pages_service_and_purge(deb: Path, machine)
 
 
 def test_install_over_debian_pgbouncer_then_service_lifecycle_and_back(deb: Path, machine, cluster):
-    # Debian's PgBouncer with a working configuration.
-    if pkg_status("pgbouncer") != "ii":
-        sh([*APT, "install", "-y", str(machine["c_deb"])], timeout=600)
+    # Debian's PgBouncer, freshly installed, with a working configuration.
+    for package in ("pgbouncer-py", "pgbouncer"):
+        if pkg_status(package):
+            sh([*APT, "purge", "-y", package], timeout=900)
+    shutil.rmtree("/etc/pgbouncer", ignore_errors=True)
+    sh([*APT, "install", "-y", str(machine["c_deb"])], timeout=600)
     db_line = f"host={cluster['dir']} port={cluster['port']}"
     ini_text = re.sub(r"^\[databases\][ \t]*$", f"[databases]\npostgres = {db_line}", INI.read_text(), count=1,
                       flags=re.M)
@@ -466,7 +469,9 @@ def test_install_over_debian_pgbouncer_then_service_lifecycle_and_back(deb: Path
     assert service("status", check=False).returncode != 0
     assert psql("SELECT 1", db="postgres", user="postgres", password="postgres", check=False).returncode != 0
 
-    # Back to Debian's pgbouncer: the admin's files untouched, its service runs them.
+    # Back to Debian's pgbouncer: the admin's files (as the reload step above left them) untouched, its service
+    # runs them.
+    admin_files = {p: (p.read_bytes(), owner_mode(p)) for p in (INI, USERLIST)}
     links = rc_links()
     back_to_debian_pgbouncer(machine["c_deb"])
     assert {p: (p.read_bytes(), owner_mode(p)) for p in (INI, USERLIST)} == admin_files
