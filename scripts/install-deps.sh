@@ -196,7 +196,7 @@ install_deps() {
 # place, so Debian's must not be running, nor be started by a package operation, while the suite runs.
 # Rolling restarts with so_reuseport lose no connection only when the kernel migrates handshakes queued on a
 # closing listener to its siblings (Linux >= 5.14, net.ipv4.tcp_migrate_req = 1); the tests of that need it.
-HOST_PGB_WAS_RUNNING=0 HOST_PGB_WAS_ENABLED=0 HOST_MIGRATE_REQ="" HOST_SAVED=0
+HOST_PGB_WAS_RUNNING=0 HOST_PGB_WAS_ENABLED=0 HOST_PGB_LEFT_ALONE=0 HOST_MIGRATE_REQ="" HOST_SAVED=0
 MIGRATE_REQ=/proc/sys/net/ipv4/tcp_migrate_req
 PGB_PIDFILE=/run/postgresql/pgbouncer.pid
 
@@ -218,10 +218,18 @@ _pgbouncer_service_enabled() {
 }
 
 # Call before install_deps: a pgbouncer package the installer adds is then left with its service disabled.
+# A package test running on this machine (another test run) holds PKG_TEST_LOCK while it swaps the packages and
+# runs the service itself: this run then leaves the service alone (and that test puts the machine back).
 host_save_state() {
     [ "$(id -u)" -eq 0 ] || return 0
-    _pgbouncer_service_running && HOST_PGB_WAS_RUNNING=1
-    _pgbouncer_service_enabled && HOST_PGB_WAS_ENABLED=1
+    if command -v flock >/dev/null 2>&1 && ! flock -n "$PKG_TEST_LOCK" true 2>/dev/null; then
+        _say "a Debian package test is running on this machine: the pgbouncer service is left to it"
+        HOST_PGB_LEFT_ALONE=1
+    fi
+    if [ "$HOST_PGB_LEFT_ALONE" = 0 ]; then
+        _pgbouncer_service_running && HOST_PGB_WAS_RUNNING=1
+        _pgbouncer_service_enabled && HOST_PGB_WAS_ENABLED=1
+    fi
     if [ -r "$MIGRATE_REQ" ]; then
         HOST_MIGRATE_REQ="$(cat "$MIGRATE_REQ")"
     fi
@@ -230,7 +238,9 @@ host_save_state() {
 
 host_prepare_for_tests() {
     [ "$(id -u)" -eq 0 ] || return 0
-    if _pgbouncer_service_running; then
+    if [ "$HOST_PGB_LEFT_ALONE" = 1 ]; then
+        :
+    elif _pgbouncer_service_running; then
         _say "stopping Debian's pgbouncer service for the test run (it is started again afterwards)"
         if _systemd; then
             systemctl stop pgbouncer.service >/dev/null 2>&1 || true
@@ -238,7 +248,7 @@ host_prepare_for_tests() {
             /etc/init.d/pgbouncer stop >/dev/null 2>&1 || true
         fi
     fi
-    if _pgbouncer_service_enabled; then
+    if [ "$HOST_PGB_LEFT_ALONE" = 0 ] && _pgbouncer_service_enabled; then
         _say "disabling Debian's pgbouncer service for the test run (enabled again afterwards)"
         if _systemd; then
             systemctl disable pgbouncer.service >/dev/null 2>&1 || true
@@ -258,6 +268,7 @@ host_restore() {
         _say "net.ipv4.tcp_migrate_req back to $HOST_MIGRATE_REQ"
         echo "$HOST_MIGRATE_REQ" > "$MIGRATE_REQ" 2>/dev/null || true
     fi
+    [ "$HOST_PGB_LEFT_ALONE" = 0 ] || return 0
     # (if the package test left Debian's pgbouncer uninstalled, there is no service to give back)
     [ -x /etc/init.d/pgbouncer ] || [ -e /lib/systemd/system/pgbouncer.service ] || return 0
     if [ "$HOST_PGB_WAS_ENABLED" = 1 ] && ! _pgbouncer_service_enabled; then
