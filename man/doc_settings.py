@@ -290,8 +290,9 @@ DETAILS: dict[str, str] = {
         "Interval (seconds) over which the `avg_*` columns of `SHOW STATS` are computed and after which the stats "
         "log line is written."),
     "stats_users": (
-        "Comma-separated list of users who may log in to the console and run the `SHOW` commands (except `SHOW "
-        "FDS`), but no command that changes anything."),
+        "Comma-separated list of users who may log in to the console and run the `SHOW` commands (except "
+        "`SHOW FDS` and `SHOW TAKEOVER_STATE`, which serve online restarts), but no command that changes "
+        "anything."),
     "suspend_timeout": (
         "How long (seconds) `SUSPEND` and an online restart wait for the buffers of client and server connections "
         "to drain; connections that still have data after that are closed."),

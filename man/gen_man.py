@@ -214,7 +214,9 @@ def render_console_roff() -> str:
              "Each answers with rows; users in",
              ".B stats_users",
              "may run them all but",
-             ".BR \"SHOW FDS\" .",
+             ".B \"SHOW FDS\"",
+             "and",
+             ".BR \"SHOW TAKEOVER_STATE\" .",
              ".B SHOW HELP",
              "lists the commands."]
     for cmd, (summary, columns) in doc.SHOW.items():
@@ -251,7 +253,8 @@ psql -h 127.0.0.1 -p 6432 -U admin pgbouncer        # a user listed in admin_use
 sudo -u postgres psql -p 6432 pgbouncer            # Debian: user pgbouncer over the unix socket, no password
 ```
 
-Users in `admin_users` may run every command, users in `stats_users` the `SHOW` commands (except `SHOW FDS`).
+Users in `admin_users` may run every command, users in `stats_users` the `SHOW` commands (except `SHOW FDS` and
+`SHOW TAKEOVER_STATE`, which serve online restarts).
 The user `pgbouncer` connecting over the unix socket from the operating system user that runs the pooler is an
 admin without a password. One command per query; case does not matter; `SELECT name` is another spelling of
 `SHOW name`. Errors keep the session open (SQLSTATE 08P01, like PgBouncer). The columns, their order and their

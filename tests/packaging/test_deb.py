@@ -372,6 +372,9 @@ def test_fresh_install_conffiles_man_pages_service_and_purge(deb: Path, machine)
     assert page1.stderr == ""
     for heading in ("SYNOPSIS", "OPTIONS", "SIGNALS", "ADMIN CONSOLE", "SHOW VERSION"):
         assert heading in page1.stdout
+    assert sh(["man", "--warnings", "pgbouncer-py"], env=man_env).stdout == page1.stdout
+    for doc in ("migrating.md", "config.md", "console.md"):
+        assert list(Path("/usr/share/doc/pgbouncer-py").glob(doc + "*")) != [], doc
     page5 = sh(["man", "--warnings", "5", "pgbouncer"], env=man_env)
     assert page5.stderr == ""
     words = set(re.findall(r"[a-z0-9_]+", page5.stdout))

@@ -4,9 +4,8 @@ makes of the code today, and the links between the documents lead somewhere. Fas
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,19 +14,10 @@ from pgbouncer_py.admin import commands, show
 from pgbouncer_py.config.params import PARAMS
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(name: str, path: Path):
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
-    spec = importlib.util.spec_from_loader(name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-gen_man = _load("gen_man", ROOT / "man" / "gen_man.py")
-import doc_console  # noqa: E402  (man/, put on sys.path by gen_man)
+sys.path.insert(0, str(ROOT / "man"))
+import doc_console  # noqa: E402  (man/doc_console.py)
 import doc_settings  # noqa: E402
+import gen_man  # noqa: E402
 
 
 @pytest.mark.parametrize("name", list(PARAMS))
