@@ -129,8 +129,7 @@ DETAILS: dict[str, str] = {
         "uses `syslog_ident`)."),
     "listen_addr": (
         "Comma-separated IPv4 or IPv6 addresses (or host names) to accept TCP connections on; `*` means every "
-        "address. Empty: no TCP listener, only the unix socket. Takes effect on a full restart only, since an "
-        "online restart keeps the old listening sockets."),
+        "address. Empty: no TCP listener, only the unix socket."),
     "listen_backlog": (
         "Length of the kernel's queue of connections not yet accepted (the argument of `listen()`; the kernel "
         "caps it at `net.core.somaxconn`)."),
