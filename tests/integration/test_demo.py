@@ -34,8 +34,12 @@ def _have_postgresql() -> bool:
     return all((bindir / b).exists() for b in ("initdb", "pg_ctl", "postgres", "psql", "pgbench"))
 
 
-pytestmark = pytest.mark.skipif(not _have_postgresql() or not os.path.exists("/usr/bin/python3"),
-                                reason="needs PostgreSQL's server and client programs and /usr/bin/python3")
+pytestmark = [
+    pytest.mark.skipif(not _have_postgresql() or not os.path.exists("/usr/bin/python3"),
+                       reason="needs PostgreSQL's server and client programs and /usr/bin/python3"),
+    # the demo starts its own pooler whatever the suite's scanner: test.sh's second, pure-Python pass skips it
+    pytest.mark.skipif(os.environ.get("PGBOUNCER_PY_PURE") == "1", reason="runs once, in the first pass"),
+]
 
 
 @pytest.fixture
@@ -167,8 +171,9 @@ def run_until(proc: subprocess.Popen, marker: str, timeout: float) -> str:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("marker", ["straight to PostgreSQL (port", "through the pooler (port"])
 def test_demo_interrupted_leaves_nothing_behind(tmpdir_short: Path, marker: str):
-    """^C at a terminal: SIGINT to the whole foreground process group, here while pgbench runs."""
-    proc = subprocess.Popen(["bash", str(DEMO)], env=demo_env(tmpdir_short, DEMO_SECONDS="20"),
+    """^C at a terminal: SIGINT to the whole foreground process group, here half a second into a 4 s pgbench run
+    (straight to PostgreSQL: pgbench in the foreground; through the pooler: in the background)."""
+    proc = subprocess.Popen(["bash", str(DEMO)], env=demo_env(tmpdir_short, DEMO_SECONDS="4"),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
