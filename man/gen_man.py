@@ -1,6 +1,11 @@
-"""Generate the pgbouncer(5) manual page from the settings table (pgbouncer_py.config.params.PARAMS).
+"""Generate pgbouncer(1), pgbouncer(5), docs/config.md and docs/console.md from the code that holds the truth.
 
-Run at package build time (`python3 man/gen_man.py --output pgbouncer.5`), so the page cannot drift.
+Settings: the table pgbouncer_py/config/params.py (name, type, default, reloadable, one-line doc) and the longer
+texts of man/doc_settings.py. Console: the column lists of pgbouncer_py/admin/show.py and the texts of
+man/doc_console.py. pgbouncer(1) is man/pgbouncer.1.in with the console commands filled in.
+
+    python3 man/gen_man.py --man-dir DIR     pgbouncer.1 and pgbouncer.5 (the Debian package build does this)
+    python3 man/gen_man.py --docs-dir docs   docs/config.md and docs/console.md (committed; a test checks them)
 """
 
 from __future__ import annotations
@@ -8,8 +13,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import re
 import sys
 from collections.abc import Mapping
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(1, os.path.dirname(HERE))
 
 KIND_TEXT = {
     "str": "text",
@@ -19,6 +29,15 @@ KIND_TEXT = {
     "time": "seconds, fractions allowed",
     "enum": "one of a fixed set of words",
 }
+
+# When a changed value takes effect (see takes_effect)
+EFFECT_TEXT = {
+    "reload": "on reload (SIGHUP, RELOAD) or at once with SET",
+    "online restart": "at a restart; an online restart (-R) is enough",
+    "restart": "at a full restart only (an online restart keeps the old listening sockets)",
+}
+
+TYPE_NAMES = {25: "text", 23: "int4", 20: "int8", 1700: "numeric", 17: "bytea"}
 
 
 def roff_escape(text: str) -> str:
@@ -30,6 +49,13 @@ def roff_escape(text: str) -> str:
     return out
 
 
+def roff_text(text: str) -> str:
+    """Doc text (`names` in backquotes) as a roff body line: the names in bold."""
+    parts = re.split(r"`([^`]*)`", text.replace("\\", "\\e").replace("-", "\\-"))
+    out = "".join(p if i % 2 == 0 else "\\fB" + p + "\\fR" for i, p in enumerate(parts))
+    return "\\&" + out if out[:1] in (".", "'") or out.startswith(("\\fB.", "\\fB'")) else out
+
+
 def describe_default(param) -> str:
     if param.default == "":
         return "not set" if param.kind == "str" else "not set (0)"
@@ -38,272 +64,230 @@ def describe_default(param) -> str:
     return param.default
 
 
-def render_param(param) -> list[str]:
+def takes_effect(param, full_restart=None) -> str:
+    """'reload', 'online restart' or 'restart': when a new value of this setting is used."""
+    if param.reloadable:
+        return "reload"
+    if full_restart is None:
+        from doc_settings import FULL_RESTART as full_restart
+    return "restart" if param.name in full_restart else "online restart"
+
+
+def check_params(params: Mapping, details: Mapping[str, str]) -> None:
+    """The table must be complete: every setting a known kind, a one-line doc and a longer text."""
+    if not params:
+        raise ValueError("gen_man: the settings table is empty")
+    for name, param in params.items():
+        if name != param.name:
+            raise ValueError(f"gen_man: table key {name!r} names setting {param.name!r}")
+        if param.kind not in KIND_TEXT:
+            raise ValueError(f"gen_man: setting {param.name} has unknown kind {param.kind!r}")
+        if not param.doc.strip():
+            raise ValueError(f"gen_man: setting {param.name} has no doc text (doc= in pgbouncer_py/config/params.py)")
+        if not details.get(name, "").strip():
+            raise ValueError(f"gen_man: setting {param.name} has no description in man/doc_settings.py (DETAILS)")
+
+
+def _values_line(param) -> str:
+    if param.choices:
+        return "Values: " + ", ".join(param.choices) + " (case does not matter)."
+    return f"Type: {KIND_TEXT[param.kind]}."
+
+
+def render_param(param, detail: str = "", full_restart=frozenset()) -> list[str]:
     """The .TP entry of one setting."""
     if param.kind not in KIND_TEXT:
         raise ValueError(f"gen_man: setting {param.name} has unknown kind {param.kind!r}")
     if not param.doc.strip():
         raise ValueError(f"gen_man: setting {param.name} has no doc text")
-    lines = [".TP", f".B {roff_escape(param.name)}", roff_escape(param.doc.strip())]
-    if param.choices:
-        lines += [".br", roff_escape("Values: " + ", ".join(param.choices) + " (case does not matter).")]
-    else:
-        lines += [".br", roff_escape(f"Type: {KIND_TEXT[param.kind]}.")]
+    lines = [".TP", f".B {roff_escape(param.name)}", roff_text((detail or param.doc).strip())]
+    lines += [".br", roff_escape(_values_line(param))]
     lines += [".br", roff_escape(f"Default: {describe_default(param)}.")]
-    lines += [".br", "Changes take effect on reload." if param.reloadable else "Read at start only."]
+    effect = takes_effect(param, full_restart)
+    lines += [".br", roff_escape(f"A new value takes effect {EFFECT_TEXT[effect]}.")]
     return lines
 
 
-HEADER = r""".\" Generated by man/gen_man.py from pgbouncer_py/config/params.py; do not edit.
-.TH PGBOUNCER 5 "{date}" "pgbouncer\-py {version}" "pgbouncer\-py manual"
-.nh
-.ad l
-.SH NAME
-pgbouncer.ini \- configuration file of the pgbouncer connection pooler (pgbouncer\-py)
-.SH SYNOPSIS
-.I /etc/pgbouncer/pgbouncer.ini
-.SH DESCRIPTION
-.BR pgbouncer (1)
-reads one configuration file, named on its command line.
-The Debian package runs it with
-.IR /etc/pgbouncer/pgbouncer.ini .
-The file is the same one PgBouncer reads, so an existing PgBouncer
-configuration is used as it is.
-.PP
-The file is made of sections.
-A line
-.B [name]
-starts a section; the lines after it are
-.IB key " = " value
-pairs.
-Blanks around the key and the value are ignored; the value runs to the end
-of the line and is not unquoted.
-A key with unusual characters can be put in single quotes.
-Lines whose first non\-blank character is
-.B ;
-or
-.B #
-are comments.
-.PP
-A line
-.BI "%include " filename
-reads another file at that point, as if its lines were written there
-(up to 10 levels deep).
-A relative file name is taken relative to the working directory of the
-process, not to the directory of the including file.
-.PP
-Four sections are known:
-.B [pgbouncer]
-(required) holds the settings of the pooler itself;
-.B [databases]
-names the databases clients may connect to;
-.B [users]
-sets per\-user limits; and
-.B [peers]
-lists the other processes of a group that share cancel requests.
-Any other section, an unknown key in
-.B [pgbouncer]
-or a value that does not parse makes the whole file fail to load.
-At start that is fatal; on reload
-.RB ( SIGHUP
-or the console command
-.BR RELOAD )
-the error is logged and the old configuration stays in force.
-.PP
-On every reload the settings that can change at run time are first set
-back to their defaults and then read from the file again, so a line that
-was removed takes its default again, and a value set with the console
-command
-.B SET
-is lost.
-Settings marked
-.I read at start only
-keep the value they had when the process started.
-.SH "SECTION [pgbouncer]"
-Every setting, in the order
-.B SHOW CONFIG
-lists them.
-Time values are in seconds and may have a fraction
-.RB ( 0.5 );
-integers may be written in decimal, octal
-.RB ( 0640 )
-or hexadecimal
-.RB ( 0x1f ).
-"""
-
-TRAILER = r""".SH "SECTION [databases]"
-Each line
-.IB name " = " "key=value key=value ..."
-defines a database that clients reach by connecting to
-.IR name .
-Values that contain blanks are put in single quotes; a quote inside
-is written twice.
-The name
-.B pgbouncer
-is reserved for the admin console.
-The name
-.B *
-defines a fallback: a client asking for a database that is not listed is
-sent to the server described on that line, with
-.B dbname
-set to the name it asked for.
-.TP
-.B dbname
-Database name on the server; defaults to the entry's name.
-.TP
-.B host
-Server host name or address, a directory holding the server's Unix socket
-(a value starting with /), or a comma\-separated list of hosts to spread
-new connections over.
-Without it the server is reached through the default Unix socket.
-.TP
-.B port
-Server port (default 5432).
-.TP
-.BR user ", " password
-Log in to the server always as this user (all clients share one pool);
-without
-.B password
-the password comes from the auth file.
-.TP
-.BR auth_user ", " auth_query ", " auth_dbname
-Look up passwords of users missing from the auth file by running
-.B auth_query
-as
-.B auth_user
-in database
-.BR auth_dbname .
-.TP
-.BR pool_size ", " min_pool_size ", " reserve_pool_size
-Per\-database values of the settings of the same name
-.RB ( reserve_pool
-is accepted as another spelling of
-.BR reserve_pool_size ).
-.TP
-.BR max_db_connections ", " max_db_client_connections
-Limits on server and client connections to this database.
-.TP
-.BR pool_mode ", " query_wait_timeout ", " server_lifetime
-Per\-database values of these settings.
-.TP
-.B load_balance_hosts
-.B round\-robin
-(default) or
-.B disable
-(always try the hosts of a list in order).
-.TP
-.B connect_query
-Query run on every new server connection before it is used.
-.TP
-.BR client_encoding ", " datestyle ", " timezone ", " application_name
-Parameters set on the server connections of this database.
-.SH "SECTION [users]"
-Each line
-.IB user " = " "key=value ..."
-overrides settings for one user:
-.BR pool_mode ,
-.BR pool_size ,
-.BR reserve_pool_size ,
-.BR max_user_connections ,
-.BR max_user_client_connections ,
-.BR query_timeout ,
-.BR query_wait_timeout ,
-.BR idle_transaction_timeout ,
-.B transaction_timeout
-and
-.BR client_idle_timeout .
-.SH "SECTION [peers]"
-Each line
-.IB peer_id " = " "host=... port=... pool_size=..."
-names another pooler process (peer_id from 1 to 65535) to which cancel
-requests for its clients are forwarded.
-An entry for this process's own
-.B peer_id
-is allowed and ignored.
-.SH "AUTHENTICATION FILE"
-The file named by
-.B auth_file
-holds one user per line: the user name and the password, each in double
-quotes, separated by blanks; a double quote inside a field is written
-twice.
-The password can be stored in clear text, as
-.B md5
-followed by the hex MD5 of password and user name, or as a
-.B SCRAM\-SHA\-256$
-secret as PostgreSQL stores it.
-Lines starting with
-.B ;
-are comments.
-The file is read again on reload when it has changed.
-.SH "HBA FILE"
-With
-.BR auth_type = hba ,
-the file named by
-.B auth_hba_file
-chooses the authentication method for each connection, with the syntax of
-PostgreSQL's
-.I pg_hba.conf
-(record types
-.BR local ,
-.BR host ,
-.BR hostssl ,
-.BR hostnossl ;
-methods
-.BR trust ,
-.BR reject ,
-.BR md5 ,
-.BR password ,
-.BR scram\-sha\-256 ,
-.B cert
-and
-.BR peer ).
-User name maps for
-.B cert
-and
-.B peer
-come from
-.BR auth_ident_file .
-.SH EXAMPLE
-.nf
-[databases]
-appdb = host=/var/run/postgresql dbname=app
-reports = host=db2.example.com port=5433 pool_size=5
-
-[pgbouncer]
-listen_addr = localhost
-listen_port = 6432
-unix_socket_dir = /var/run/postgresql
-auth_type = scram\-sha\-256
-auth_file = /etc/pgbouncer/userlist.txt
-admin_users = alice
-pool_mode = transaction
-.fi
-.SH FILES
-.TP
-.I /etc/pgbouncer/pgbouncer.ini
-The configuration file used by the service.
-.TP
-.I /etc/pgbouncer/userlist.txt
-The default
-.BR auth_file .
-.SH "SEE ALSO"
-.BR pgbouncer (1),
-.BR psql (1)
-"""
+def _template(name: str) -> str:
+    with open(os.path.join(HERE, name), encoding="utf-8") as f:
+        return f.read()
 
 
-def render_pgbouncer5(params: Mapping, version: str, date: str) -> str:
+def render_pgbouncer5(params: Mapping, version: str, date: str, details: Mapping[str, str] | None = None,
+                      full_restart=None) -> str:
     """The whole pgbouncer.5 source for the given settings table."""
-    if not params:
-        raise ValueError("gen_man: the settings table is empty")
-    lines = [HEADER.format(date=date, version=roff_escape(version)).rstrip("\n")]
+    if details is None or full_restart is None:
+        import doc_settings
+        details = doc_settings.DETAILS if details is None else details
+        full_restart = doc_settings.FULL_RESTART if full_restart is None else full_restart
+    check_params(params, details)
+    head, tail = _template("pgbouncer.5.in").split("@SETTINGS@\n")
+    lines = [head.replace("@DATE@", date).replace("@VERSION@", roff_escape(version)).rstrip("\n")]
     for name, param in params.items():
-        if name != param.name:
-            raise ValueError(f"gen_man: table key {name!r} names setting {param.name!r}")
-        lines += render_param(param)
-    return "\n".join(lines) + "\n" + TRAILER
+        lines += render_param(param, details[name], full_restart)
+    return "\n".join(lines) + "\n" + tail
 
 
+# --- docs/config.md -------------------------------------------------------------------------------------------
+CONFIG_MD_HEAD = """# pgbouncer.ini: the [pgbouncer] settings
+
+<!-- Generated by man/gen_man.py from pgbouncer_py/config/params.py and man/doc_settings.py; do not edit. -->
+
+pgbouncer-py reads PgBouncer's `pgbouncer.ini` unchanged. This page lists every setting of the `[pgbouncer]`
+section, in the order `SHOW CONFIG` lists them, with its type, default and when a changed value takes effect:
+
+- **reload**: on `SIGHUP` or the console's `RELOAD` (the Debian service: `service pgbouncer reload`), or at once
+  with the console's `SET` (until the next reload);
+- **online restart**: when a new process starts; `pgbouncer -R` (the init script's `restart`) is enough, and
+  clients stay connected;
+- **restart**: only after a full stop and start (an online restart inherits the old listening sockets).
+
+The file's syntax, the `[databases]`, `[users]` and `[peers]` sections and the auth and HBA files are described in
+pgbouncer(5) (`man 5 pgbouncer`); the same page lists these settings. Times are in seconds (fractions allowed),
+booleans are `0` or `1`, integers may be written in octal (`0640`) or hexadecimal (`0x1f`).
+
+| setting | default | takes effect | what it is |
+|---|---|---|---|
+"""
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _md_default(param) -> str:
+    return f"`{param.default}`" if param.default != "" else "not set"
+
+
+def render_config_md(params: Mapping, details: Mapping[str, str] | None = None, full_restart=None) -> str:
+    if details is None or full_restart is None:
+        import doc_settings
+        details = doc_settings.DETAILS if details is None else details
+        full_restart = doc_settings.FULL_RESTART if full_restart is None else full_restart
+    check_params(params, details)
+    out = [CONFIG_MD_HEAD]
+    for name, p in params.items():
+        out.append(f"| [`{name}`](#{name}) | {_md_cell(_md_default(p))} | {takes_effect(p, full_restart)} | "
+                   f"{_md_cell(p.doc.strip())} |\n")
+    for name, p in params.items():
+        values = ("one of " + ", ".join(f"`{c}`" for c in p.choices)) if p.choices else KIND_TEXT[p.kind]
+        out.append(f"\n## {name}\n\n{details[name].strip()}\n\n"
+                   f"Type: {values}. Default: {_md_default(p)}. "
+                   f"A new value takes effect {EFFECT_TEXT[takes_effect(p, full_restart)]}.\n")
+    return "".join(out)
+
+
+# --- the console: pgbouncer(1) and docs/console.md ---------------------------------------------------------------
+def check_console(show_commands, admin_commands, doc=None) -> None:
+    """Every SHOW command and console command of the code is documented, every column of each SHOW."""
+    if doc is None:
+        import doc_console as doc
+    missing = sorted(set(show_commands) - set(doc.SHOW))
+    if missing:
+        raise ValueError(f"gen_man: SHOW {', '.join(missing)} not documented in man/doc_console.py (SHOW)")
+    extra = sorted(set(doc.SHOW) - set(show_commands))
+    if extra:
+        raise ValueError(f"gen_man: man/doc_console.py documents SHOW {', '.join(extra)}, which the console lacks")
+    for cmd, (summary, columns) in doc.SHOW.items():
+        names = [c[0] for c in doc.SHOW_COLUMNS[cmd]]
+        undocumented = [n for n in names if not columns.get(n, "").strip()]
+        if undocumented or not summary.strip():
+            raise ValueError(f"gen_man: SHOW {cmd.upper()}: no description in man/doc_console.py for "
+                             f"{', '.join(undocumented) or 'the command'}")
+        stale = sorted(set(columns) - set(names))
+        if stale:
+            raise ValueError(f"gen_man: SHOW {cmd.upper()} has no column {', '.join(stale)} (man/doc_console.py)")
+    missing = sorted(set(admin_commands) - doc.COMMAND_WORDS)
+    if missing:
+        raise ValueError(f"gen_man: console command {', '.join(missing)} not documented in man/doc_console.py")
+
+
+def _console_code():
+    from pgbouncer_py.admin import commands, show
+    return show.SHOW_COMMANDS, commands.ADMIN_COMMANDS
+
+
+def render_console_roff() -> str:
+    import doc_console as doc
+    check_console(*_console_code())
+    lines = ['.SS "SHOW commands"',
+             "Each answers with rows; users in",
+             ".B stats_users",
+             "may run them all but",
+             ".B \"SHOW FDS\"",
+             "and",
+             ".BR \"SHOW TAKEOVER_STATE\" .",
+             ".B SHOW HELP",
+             "lists the commands."]
+    for cmd, (summary, columns) in doc.SHOW.items():
+        lines += [".TP", f'.B "SHOW {cmd.upper()}"', roff_text(summary)]
+        for name, oid in doc.SHOW_COLUMNS[cmd]:
+            type_name = TYPE_NAMES.get(oid, "")
+            lines += [".RS", ".TP", f".B {roff_escape(name)}" + (f" \\fR({type_name})" if type_name else ""),
+                      roff_text(columns[name]), ".RE"]
+    lines += ['.SS "Process control"', "For users in", ".B admin_users", "only."]
+    for syntax, summary in doc.COMMANDS:
+        words = syntax.split()
+        keyword = " ".join(w for w in words if w.isupper() or w in ("=",))
+        args = " ".join(w for w in words if not (w.isupper() or w in ("=",)))
+        line = f'.B "{roff_escape(keyword)}"' if not args else \
+            f'.BI "{roff_escape(keyword)} " "{roff_escape(args)}"'
+        lines += [".TP", line, roff_text(summary)]
+    return "\n".join(lines)
+
+
+def render_pgbouncer1(version: str, date: str) -> str:
+    text = _template("pgbouncer.1.in")
+    text = text.replace("@DATE@", date).replace("@VERSION@", roff_escape(version))
+    return text.replace("@CONSOLE_COMMANDS@", render_console_roff())
+
+
+CONSOLE_MD_HEAD = """# The admin console
+
+<!-- Generated by man/gen_man.py from pgbouncer_py/admin/show.py and man/doc_console.py; do not edit. -->
+
+Connecting to the database `pgbouncer` opens the console, as with PgBouncer:
+
+```sh
+psql -h 127.0.0.1 -p 6432 -U admin pgbouncer        # a user listed in admin_users or stats_users
+sudo -u postgres psql -p 6432 pgbouncer            # Debian: user pgbouncer over the unix socket, no password
+```
+
+Users in `admin_users` may run every command, users in `stats_users` the `SHOW` commands (except `SHOW FDS` and
+`SHOW TAKEOVER_STATE`, which serve online restarts).
+The user `pgbouncer` connecting over the unix socket from the operating system user that runs the pooler is an
+admin without a password. One command per query; case does not matter; `SELECT name` is another spelling of
+`SHOW name`. Errors keep the session open (SQLSTATE 08P01, like PgBouncer). The columns, their order and their
+types are PgBouncer 1.25's, so monitoring that reads them by name or by position keeps working. Beyond PgBouncer,
+the console also answers the extended query protocol (JDBC, psycopg 3, asyncpg can read it).
+
+Signals do what some commands do: `SIGHUP` = `RELOAD`, `SIGINT` = `SHUTDOWN WAIT_FOR_SERVERS`, `SIGTERM` =
+`SHUTDOWN WAIT_FOR_CLIENTS`, `SIGQUIT` = `SHUTDOWN`, `SIGUSR1` = `PAUSE`, `SIGUSR2` = `RESUME`.
+
+## Commands that change something
+
+For users in `admin_users` only.
+
+| command | what it does |
+|---|---|
+"""
+
+
+def render_console_md() -> str:
+    import doc_console as doc
+    check_console(*_console_code())
+    out = [CONSOLE_MD_HEAD]
+    out += [f"| `{syntax}` | {_md_cell(summary)} |\n" for syntax, summary in doc.COMMANDS]
+    out.append("\n## SHOW commands\n\n`SHOW HELP` lists the commands. Times are microseconds unless a column "
+               "says otherwise; `avg_*` values are over the last `stats_period` (60 s by default).\n")
+    for cmd, (summary, columns) in doc.SHOW.items():
+        out.append(f"\n### SHOW {cmd.upper()}\n\n{summary}\n\n| column | type | meaning |\n|---|---|---|\n")
+        for name, oid in doc.SHOW_COLUMNS[cmd]:
+            out.append(f"| `{name}` | {TYPE_NAMES.get(oid, '')} | {_md_cell(columns[name])} |\n")
+    return "".join(out)
+
+
+# --- command line ----------------------------------------------------------------------------------------------
 def build_date() -> str:
     """SOURCE_DATE_EPOCH (set by dpkg-buildpackage from debian/changelog) for reproducible pages."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
@@ -312,20 +296,33 @@ def build_date() -> str:
     return when.strftime("%Y-%m-%d")
 
 
+def docs() -> dict[str, str]:
+    """The generated documents under docs/, by file name."""
+    from pgbouncer_py.config.params import PARAMS
+    return {"config.md": render_config_md(PARAMS), "console.md": render_console_md()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--output", "-o", help="file to write (default: standard output)")
+    ap.add_argument("--man-dir", help="write pgbouncer.1 and pgbouncer.5 into this directory")
+    ap.add_argument("--docs-dir", help="write config.md and console.md into this directory")
     args = ap.parse_args(argv)
+    if not (args.man_dir or args.docs_dir):
+        ap.error("nothing to do: give --man-dir and/or --docs-dir")
 
     import pgbouncer_py
     from pgbouncer_py.config.params import PARAMS
 
-    text = render_pgbouncer5(PARAMS, pgbouncer_py.__version__, build_date())
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
+    out = {}
+    if args.man_dir:
+        date = build_date()
+        out[os.path.join(args.man_dir, "pgbouncer.5")] = render_pgbouncer5(PARAMS, pgbouncer_py.__version__, date)
+        out[os.path.join(args.man_dir, "pgbouncer.1")] = render_pgbouncer1(pgbouncer_py.__version__, date)
+    if args.docs_dir:
+        out.update({os.path.join(args.docs_dir, name): text for name, text in docs().items()})
+    for path, text in out.items():
+        with open(path, "w", encoding="utf-8") as f:
             f.write(text)
-    else:
-        sys.stdout.write(text)
     return 0
 
 

@@ -1,6 +1,5 @@
 """Command line exactly like pgbouncer's: [-d] [-R] [-q] [-v...] [-u USER] [-V] [-h] CONFIG."""
 
-import getopt
 import os
 import pwd
 import sys
@@ -8,20 +7,31 @@ import sys
 from pgbouncer_py import VERSION_STRING, __version__
 from pgbouncer_py.log import log
 
+# --help: the lines of PgBouncer's usage text (1.18 to 1.25 print the same), then our own closing line.
 USAGE = """%(prog)s is a connection pooler for PostgreSQL.
 
 Usage:
   %(prog)s [OPTION]... CONFIG_FILE
 
 Options:
-  -d, --daemon         run in the background (as a daemon)
+  -d, --daemon         run in background (as a daemon)
   -q, --quiet          run quietly
   -R, --reboot         do an online reboot
   -u, --user=USERNAME  assume identity of USERNAME
   -v, --verbose        increase verbosity
   -V, --version        show version, then exit
   -h, --help           show this help, then exit
+
+pgbouncer-py reproduces PgBouncer's command line, configuration and console: see pgbouncer(1) and pgbouncer(5).
 """
+
+# PgBouncer's option table, in its order (glibc lists the candidates of an ambiguous prefix in this order).
+SHORT_OPTIONS = {"q": False, "v": False, "h": False, "d": False, "V": False, "R": False, "u": True}
+LONG_OPTIONS = {"quiet": "q", "verbose": "v", "help": "h", "daemon": "d", "version": "V", "reboot": "R", "user": "u"}
+
+
+class UsageError(Exception):
+    """A bad command line, worded as glibc's getopt_long words it for PgBouncer."""
 
 
 def version_text() -> str:
@@ -48,36 +58,103 @@ class Options:
     config = None
 
 
+def _long_option(arg: str, rest: list[str]) -> tuple[str, str | None]:
+    """One --name[=value] argument -> (short letter, value); may take the value from `rest` (--user NAME)."""
+    name, eq, value = arg[2:].partition("=")
+    if name in LONG_OPTIONS:
+        matches = [name]
+    else:
+        matches = [long for long in LONG_OPTIONS if long.startswith(name)]
+    if not matches:
+        raise UsageError(f"unrecognized option '{arg}'")
+    if len(matches) > 1:
+        raise UsageError(f"option '{arg}' is ambiguous; possibilities:" + "".join(f" '--{m}'" for m in matches))
+    letter = LONG_OPTIONS[matches[0]]
+    if not SHORT_OPTIONS[letter]:
+        if eq:
+            raise UsageError(f"option '--{matches[0]}' doesn't allow an argument")
+        return letter, None
+    if eq:
+        return letter, value
+    if not rest:
+        raise UsageError(f"option '--{matches[0]}' requires an argument")
+    return letter, rest.pop(0)
+
+
+def _short_options(arg: str, rest: list[str]):
+    """One -abc cluster -> (letter, value) pairs; -uNAME or -u NAME carries a value."""
+    i = 1
+    while i < len(arg):
+        letter = arg[i]
+        if letter not in SHORT_OPTIONS:
+            raise UsageError(f"invalid option -- '{letter}'")
+        if not SHORT_OPTIONS[letter]:
+            yield letter, None
+            i += 1
+            continue
+        if i + 1 < len(arg):
+            yield letter, arg[i + 1:]
+        elif rest:
+            yield letter, rest.pop(0)
+        else:
+            raise UsageError(f"option requires an argument -- '{letter}'")
+        return
+
+
+def _getopt(args: list[str]):
+    """GNU getopt_long over PgBouncer's options: yields (letter, value) in order, then (None, operands).
+
+    Options and operands may be mixed (GNU permutation); `--` ends the options."""
+    rest = list(args)
+    operands = []
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--":
+            operands += rest
+            break
+        if arg.startswith("--"):
+            yield _long_option(arg, rest)
+        elif arg.startswith("-") and arg != "-":
+            yield from _short_options(arg, rest)
+        else:
+            operands.append(arg)
+    yield None, operands
+
+
+def _usage_error(prog: str, message: str) -> None:
+    sys.stderr.write(f"{prog}: {message}\nTry \"{prog} --help\" for more information.\n")
+    raise SystemExit(1)
+
+
 def parse_args(argv: list[str]) -> Options:
-    prog = os.path.basename(argv[0]) if argv else "pgbouncer"
-    try:
-        opts, args = getopt.gnu_getopt(argv[1:], "dqRu:vVh",
-                                       ["daemon", "quiet", "reboot", "user=", "verbose", "version", "help"])
-    except getopt.GetoptError as e:
-        sys.stderr.write(f"{prog}: {e}\nTry \"{prog} --help\" for more information.\n")
-        raise SystemExit(1) from None
+    """PgBouncer's command line: each option acts when reached (-h and -V exit there), then exactly one
+    operand, the configuration file. Errors are glibc's getopt words and PgBouncer's hint, exit status 1."""
+    prog = argv[0] if argv else "pgbouncer"  # as given, like PgBouncer's messages
     o = Options()
-    for flag, value in opts:
-        if flag in ("-d", "--daemon"):
-            o.daemon = True
-        elif flag in ("-q", "--quiet"):
-            o.quiet = True
-        elif flag in ("-R", "--reboot"):
-            o.reboot = True
-        elif flag in ("-u", "--user"):
-            o.user = value
-        elif flag in ("-v", "--verbose"):
-            o.verbose += 1
-        elif flag in ("-V", "--version"):
-            print(version_text())
-            raise SystemExit(0)
-        elif flag in ("-h", "--help"):
-            print(USAGE % {"prog": prog}, end="")
-            raise SystemExit(0)
-    if len(args) > 1:
-        sys.stderr.write(f"{prog}: too many arguments\n")
-        raise SystemExit(1)
-    o.config = args[0] if args else None
+    try:
+        for flag, value in _getopt(argv[1:]):
+            if flag is None:
+                if len(value) != 1:
+                    _usage_error(prog, "no configuration file specified")
+                o.config = value[0]
+            elif flag == "d":
+                o.daemon = True
+            elif flag == "q":
+                o.quiet = True
+            elif flag == "R":
+                o.reboot = True
+            elif flag == "u":
+                o.user = value
+            elif flag == "v":
+                o.verbose += 1
+            elif flag == "V":
+                print(version_text())
+                raise SystemExit(0)
+            elif flag == "h":
+                print(USAGE % {"prog": prog}, end="")
+                raise SystemExit(0)
+    except UsageError as e:
+        _usage_error(prog, str(e))
     return o
 
 
@@ -192,9 +269,6 @@ def main(argv: list[str] | None = None) -> int:
     log.quiet = o.quiet
     log.verbose = o.verbose
     log._cli_verbose = o.verbose
-    if o.config is None:
-        sys.stderr.write("no configuration file specified\n")
-        return 1
     try:
         cfg = load_config(o.config)
     except ConfigError as e:

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Install everything pgbouncer-py's tests and demo need on Debian 12, idempotently:
-# apt packages, the project venv at .venv, and (when run as root) the unprivileged test user.
+# Install everything pgbouncer-py's tests need on Debian 12, idempotently: apt packages, the project venv at .venv,
+# and (when run as root) the unprivileged test user. Used by scripts/test.sh; scripts/demo.sh does not use it.
 #
 # Run directly (`scripts/install-deps.sh`) or source it and call the functions:
-#   install_apt_packages   apt-get the Debian packages below when any is missing (sudo when not root)
+#   install_apt_packages   apt-get the Debian packages below when any is missing (sudo when not root); services
+#                          of newly installed packages are not started (policy-rc.d during the install)
 #   ensure_venv            .venv with --system-site-packages and `pip install -e '.[test]'`
 #   build_scanner          the optional C scanner, built in place (setup.py build_ext --inplace)
 #   ensure_pgbouncer_124   unpack the real PgBouncer 1.24.1 (../shared/tools/pgbouncer-1.24) for comparison tests
 #   ensure_test_user       root only: create $PGBTEST_USER (default pgbtest) and make the repo readable for it
 #   install_deps           all of these (the user only when root)
+# and, for the duration of a test run (scripts/test.sh, root only):
+#   host_save_state        remember the pgbouncer service's state and net.ipv4.tcp_migrate_req
+#   host_prepare_for_tests stop and disable Debian's pgbouncer service, set net.ipv4.tcp_migrate_req = 1
+#   host_restore           put both back as host_save_state found them
 # Environment: PGBTEST_USER (test user name), PGBTEST_SKIP_APT=1 (never call apt).
 
 set -euo pipefail
@@ -18,9 +23,12 @@ VENV="$REPO_ROOT/.venv"
 PGBTEST_USER="${PGBTEST_USER:-pgbtest}"
 PGBTEST_HOME="${PGBTEST_HOME:-/var/lib/$PGBTEST_USER}"
 
+# What scripts/demo.sh needs too (it checks for the programs itself and installs only what is missing).
+DEMO_APT_PACKAGES=(postgresql postgresql-client python3)
+# What the tests need beyond that.
 APT_PACKAGES=(
-    postgresql postgresql-client pgbouncer
-    python3 python3-venv python3-dev gcc libc6-dev python3-uvloop python3-aiodns python3-cryptography python3-psycopg2
+    pgbouncer
+    python3-venv python3-dev gcc libc6-dev python3-uvloop python3-aiodns python3-cryptography python3-psycopg2
     procps util-linux ca-certificates valgrind
     python3-pampy libpam-pwdfile openssl iptables
     python3-ldap3 slapd ldap-utils
@@ -32,37 +40,37 @@ _say() { printf '[install-deps] %s\n' "$*" >&2; }
 
 _missing_apt_packages() {
     local pkg status
-    for pkg in "${APT_PACKAGES[@]}"; do
+    for pkg in "${DEMO_APT_PACKAGES[@]}" "${APT_PACKAGES[@]}"; do
         status="$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)"
         [ "$status" = installed ] || printf '%s\n' "$pkg"
     done
 }
 
-# Debian's pgbouncer package enables an init service on port 6432; the tests need that port free
-# and no stray pooler around. Stop and disable it, with or without systemd as PID 1.
-_disable_pgbouncer_service() {
-    [ "$(id -u)" -eq 0 ] || return 0
-    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-        systemctl disable --now pgbouncer.service pgbouncer.socket >/dev/null 2>&1 || true
-    fi
-    if [ -x /etc/init.d/pgbouncer ]; then
-        local pidfile=/run/postgresql/pgbouncer.pid
-        if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-            _say "stopping the pgbouncer system service"
-            /etc/init.d/pgbouncer stop >/dev/null 2>&1 || true
-        fi
-        if command -v update-rc.d >/dev/null 2>&1 && ls /etc/rc2.d/S*pgbouncer >/dev/null 2>&1; then
-            update-rc.d pgbouncer disable >/dev/null 2>&1 || true
-        fi
-    fi
-}
+# The package test (tests/packaging/test_deb.py) holds this lock while it swaps Debian's pgbouncer for ours: an
+# install started meanwhile (a second test run on the same machine) would put pgbouncer back in the middle of it.
+PKG_TEST_LOCK=/var/lock/pgbouncer-py-test-deb.lock
 
 install_apt_packages() {
+    if [ "$(id -u)" -ne 0 ] || [ -z "$(_missing_apt_packages)" ] || ! command -v flock >/dev/null 2>&1; then
+        _install_apt_packages
+        return
+    fi
+    local rc=0
+    exec 9>>"$PKG_TEST_LOCK"
+    if ! flock -n 9; then
+        _say "waiting for the Debian package test running on this machine (it holds $PKG_TEST_LOCK)"
+        flock -w 1800 9 || { _say "still locked after 30 minutes"; exec 9>&-; return 1; }
+    fi
+    _install_apt_packages || rc=$?
+    exec 9>&-
+    return "$rc"
+}
+
+_install_apt_packages() {
     local missing
     missing="$(_missing_apt_packages | tr '\n' ' ')"
     missing="${missing% }"
     if [ -z "$missing" ]; then
-        _disable_pgbouncer_service
         return 0
     fi
     if [ "${PGBTEST_SKIP_APT:-0}" = 1 ]; then
@@ -100,9 +108,6 @@ install_apt_packages() {
     if [ "$rc" -ne 0 ]; then
         _say "apt-get failed (exit $rc)"
         return "$rc"
-    fi
-    if [ "$(id -u)" -eq 0 ]; then
-        _disable_pgbouncer_service
     fi
 }
 
@@ -159,14 +164,6 @@ ensure_test_user() {
     fi
 }
 
-# Rolling restarts with so_reuseport lose no connection only when the kernel migrates handshakes queued on a
-# closing listener to its siblings (Linux >= 5.14, net.ipv4.tcp_migrate_req). Best effort: root only.
-enable_tcp_migrate_req() {
-    if [ "$(id -u)" -eq 0 ] && [ -w /proc/sys/net/ipv4/tcp_migrate_req ]; then
-        echo 1 > /proc/sys/net/ipv4/tcp_migrate_req 2>/dev/null || true
-    fi
-}
-
 # The optional compiled scanner (pgbouncer_py/proto/_scan.c), built in place so that the tests, the demo and
 # bench/ use it; without a compiler the pure-Python scanner (pgbouncer_py/proto/scan.py) is used instead.
 build_scanner() {
@@ -194,7 +191,105 @@ install_deps() {
     build_scanner
     ensure_pgbouncer_124
     ensure_test_user
-    enable_tcp_migrate_req
+}
+
+# ---- the host, while a test run lasts (root only) ---------------------------------------------------------
+# Debian's pgbouncer package runs a service on port 6432 with /etc/pgbouncer and /run/postgresql/pgbouncer.pid:
+# the package test (tests/packaging/test_deb.py) replaces that package with ours and runs our service in its
+# place, so Debian's must not be running, nor be started by a package operation, while the suite runs.
+# Rolling restarts with so_reuseport lose no connection only when the kernel migrates handshakes queued on a
+# closing listener to its siblings (Linux >= 5.14, net.ipv4.tcp_migrate_req = 1); the tests of that need it.
+HOST_PGB_WAS_RUNNING=0 HOST_PGB_WAS_ENABLED=0 HOST_PGB_LEFT_ALONE=0 HOST_MIGRATE_REQ="" HOST_SAVED=0
+MIGRATE_REQ=/proc/sys/net/ipv4/tcp_migrate_req
+PGB_PIDFILE=/run/postgresql/pgbouncer.pid
+
+_systemd() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }
+
+_pgbouncer_service_running() {
+    if _systemd && systemctl is-active --quiet pgbouncer.service 2>/dev/null; then
+        return 0
+    fi
+    [ -s "$PGB_PIDFILE" ] && kill -0 "$(cat "$PGB_PIDFILE")" 2>/dev/null
+}
+
+_pgbouncer_service_enabled() {
+    if _systemd; then
+        systemctl is-enabled --quiet pgbouncer.service 2>/dev/null
+    else
+        ls /etc/rc2.d/S*pgbouncer >/dev/null 2>&1
+    fi
+}
+
+# Call before install_deps: a pgbouncer package the installer adds is then left with its service disabled.
+# A package test running on this machine (another test run) holds PKG_TEST_LOCK while it swaps the packages and
+# runs the service itself: this run then leaves the service alone (and that test puts the machine back).
+host_save_state() {
+    [ "$(id -u)" -eq 0 ] || return 0
+    if command -v flock >/dev/null 2>&1 && ! flock -n "$PKG_TEST_LOCK" true 2>/dev/null; then
+        _say "a Debian package test is running on this machine: the pgbouncer service is left to it"
+        HOST_PGB_LEFT_ALONE=1
+    fi
+    if [ "$HOST_PGB_LEFT_ALONE" = 0 ]; then
+        _pgbouncer_service_running && HOST_PGB_WAS_RUNNING=1
+        _pgbouncer_service_enabled && HOST_PGB_WAS_ENABLED=1
+    fi
+    if [ -r "$MIGRATE_REQ" ]; then
+        HOST_MIGRATE_REQ="$(cat "$MIGRATE_REQ")"
+    fi
+    HOST_SAVED=1
+}
+
+host_prepare_for_tests() {
+    [ "$(id -u)" -eq 0 ] || return 0
+    if [ "$HOST_PGB_LEFT_ALONE" = 1 ]; then
+        :
+    elif _pgbouncer_service_running; then
+        _say "stopping Debian's pgbouncer service for the test run (it is started again afterwards)"
+        if _systemd; then
+            systemctl stop pgbouncer.service >/dev/null 2>&1 || true
+        else
+            /etc/init.d/pgbouncer stop >/dev/null 2>&1 || true
+        fi
+    fi
+    if [ "$HOST_PGB_LEFT_ALONE" = 0 ] && _pgbouncer_service_enabled; then
+        _say "disabling Debian's pgbouncer service for the test run (enabled again afterwards)"
+        if _systemd; then
+            systemctl disable pgbouncer.service >/dev/null 2>&1 || true
+        else
+            update-rc.d pgbouncer disable >/dev/null 2>&1 || true
+        fi
+    fi
+    if [ -w "$MIGRATE_REQ" ] && [ "$(cat "$MIGRATE_REQ")" != 1 ]; then
+        _say "net.ipv4.tcp_migrate_req = 1 for the test run (was ${HOST_MIGRATE_REQ:-?}; restored afterwards)"
+        echo 1 > "$MIGRATE_REQ" 2>/dev/null || true
+    fi
+}
+
+host_restore() {
+    [ "$(id -u)" -eq 0 ] && [ "$HOST_SAVED" = 1 ] || return 0
+    if [ -n "$HOST_MIGRATE_REQ" ] && [ -w "$MIGRATE_REQ" ] && [ "$(cat "$MIGRATE_REQ")" != "$HOST_MIGRATE_REQ" ]; then
+        _say "net.ipv4.tcp_migrate_req back to $HOST_MIGRATE_REQ"
+        echo "$HOST_MIGRATE_REQ" > "$MIGRATE_REQ" 2>/dev/null || true
+    fi
+    [ "$HOST_PGB_LEFT_ALONE" = 0 ] || return 0
+    # (if the package test left Debian's pgbouncer uninstalled, there is no service to give back)
+    [ -x /etc/init.d/pgbouncer ] || [ -e /lib/systemd/system/pgbouncer.service ] || return 0
+    if [ "$HOST_PGB_WAS_ENABLED" = 1 ] && ! _pgbouncer_service_enabled; then
+        _say "enabling Debian's pgbouncer service again"
+        if _systemd; then
+            systemctl enable pgbouncer.service >/dev/null 2>&1 || true
+        else
+            update-rc.d pgbouncer enable >/dev/null 2>&1 || true
+        fi
+    fi
+    if [ "$HOST_PGB_WAS_RUNNING" = 1 ] && ! _pgbouncer_service_running; then
+        _say "starting Debian's pgbouncer service again"
+        if _systemd; then
+            systemctl start pgbouncer.service >/dev/null 2>&1 || _say "could not start pgbouncer.service"
+        else
+            /etc/init.d/pgbouncer start >/dev/null 2>&1 || _say "could not start /etc/init.d/pgbouncer"
+        fi
+    fi
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

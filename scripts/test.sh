@@ -2,6 +2,8 @@
 # The one-command test run: install what is missing (scripts/install-deps.sh), ruff, then pytest.
 # As root, pytest runs as the unprivileged $PGBTEST_USER (PostgreSQL and the pooler refuse root)
 # with -m "not root" (twice when the C scanner is built: on it, then pure Python), then as root with -m root.
+# As root it also changes two things of the host while it runs, and puts them back at the end (README.md, Tests):
+# Debian's pgbouncer service is stopped and disabled, net.ipv4.tcp_migrate_req is set to 1.
 # Extra arguments go to pytest: scripts/test.sh -k config
 
 set -euo pipefail
@@ -15,8 +17,25 @@ t0=$SECONDS
 _step() { printf '\n=== %s\n' "$*"; }
 _elapsed() { printf '%dm%02ds' $(( ($1) / 60 )) $(( ($1) % 60 )); }
 
+RUN_TMP=""
+finish() {
+    if [ -n "$RUN_TMP" ]; then
+        if [ "${PGBTEST_KEEP_TMP:-0}" = 1 ]; then
+            echo "test.sh: keeping $RUN_TMP"
+        else
+            rm -rf "$RUN_TMP"
+        fi
+    fi
+    host_restore
+}
+trap finish EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
 _step "install dependencies"
+host_save_state
 install_deps
+host_prepare_for_tests
 t_install=$((SECONDS - t0))
 
 export PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -44,14 +63,6 @@ t_ruff=$((SECONDS - t1))
 
 RUN_TMP="$(mktemp -d "${TMPDIR:-/tmp}/pgbtest-run.XXXXXX")"
 chmod 755 "$RUN_TMP"
-cleanup() {
-    if [ "${PGBTEST_KEEP_TMP:-0}" = 1 ]; then
-        echo "test.sh: keeping $RUN_TMP"
-    else
-        rm -rf "$RUN_TMP"
-    fi
-}
-trap cleanup EXIT
 
 # counts FILE -> "passed failed skipped" from a pytest junit xml ("" when absent or unreadable)
 counts() {

@@ -1,5 +1,6 @@
-"""The Debian package end to end (root only): build the .deb, lintian it, install it fresh and over Debian's
-pgbouncer, run the service through the init script against a real PostgreSQL, reload, restart, stop, purge.
+"""The Debian package end to end (root only): build the .deb (with a foreign python3 first in PATH), lintian it,
+install it fresh and over Debian's pgbouncer, run the service through the init script against a real PostgreSQL,
+reload, restart, stop, purge; and the way back to Debian's pgbouncer with the admin's configuration untouched.
 
 The machine is left as found: Debian's pgbouncer is reinstalled (with its /etc files restored) if it was there.
 """
@@ -39,9 +40,10 @@ LOGFILE = Path("/var/log/postgresql/pgbouncer.log")
 INI = Path("/etc/pgbouncer/pgbouncer.ini")
 USERLIST = Path("/etc/pgbouncer/userlist.txt")
 # What the package owns outside the Python modules; all of it must be gone after a purge.
-PACKAGE_PATHS = ["/usr/sbin/pgbouncer", "/etc/init.d/pgbouncer", "/etc/default/pgbouncer", str(INI), str(USERLIST),
+PACKAGE_PATHS = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer-py", "/etc/init.d/pgbouncer", "/etc/default/pgbouncer", str(INI), str(USERLIST),
                  "/lib/systemd/system/pgbouncer.service", "/usr/lib/python3/dist-packages/pgbouncer_py",
-                 "/usr/share/man/man1/pgbouncer.1.gz", "/usr/share/man/man5/pgbouncer.5.gz"]
+                 "/usr/share/man/man1/pgbouncer.1.gz", "/usr/share/man/man1/pgbouncer-py.1.gz",
+                 "/usr/share/man/man5/pgbouncer.5.gz"]
 SNAPSHOT_PATHS = ["etc/pgbouncer", "etc/default/pgbouncer", "etc/init.d/pgbouncer"]
 # Two runs of this module at once (say a developer's and CI's) would undo each other's installs.
 RUN_LOCK = "/var/lock/pgbouncer-py-test-deb.lock"
@@ -182,6 +184,33 @@ def assert_purged() -> None:
     assert not Path("/etc/pgbouncer").exists() or os.listdir("/etc/pgbouncer") == []
 
 
+def back_to_debian_pgbouncer(c_deb: Path) -> None:
+    """The way back documented in packaging/README.md and docs/migrating.md: install Debian's pgbouncer keeping
+    the admin's configuration (apt removes pgbouncer-py, which conflicts with it), then purge pgbouncer-py."""
+    sh([*APT, "install", "-y", "-o", "Dpkg::Options::=--force-confold", str(c_deb)], timeout=600)
+    assert pkg_status("pgbouncer") == "ii"
+    assert pkg_status("pgbouncer-py") == "rc"
+    sh([*APT, "purge", "-y", "pgbouncer-py"], timeout=600)
+    assert pkg_status("pgbouncer-py") in ("", "un", "pn")
+    assert Path("/usr/sbin/pgbouncer").read_bytes()[:4] == b"\x7fELF"
+    assert not os.path.lexists("/usr/bin/pgbouncer-py")
+    assert not Path("/usr/lib/python3/dist-packages/pgbouncer_py").exists()
+    # the C package's own init script is in place, executable, and its rc links are there
+    init = Path("/etc/init.d/pgbouncer")
+    init_md5 = sh(["md5sum", str(init)]).stdout.split()[0]
+    assert f"/etc/init.d/pgbouncer {init_md5}" in sh(["dpkg-query", "-W", "-f=${Conffiles}", "pgbouncer"]).stdout
+    assert init.stat().st_mode & 0o111
+    assert [link for link in rc_links() if link.startswith("etc/rc2.d/")] != []
+
+
+def run_debian_pgbouncer_service() -> int:
+    """Start the service, return the pid of Debian's binary running it (the caller stops it)."""
+    service("start")
+    pid = wait_until(read_pid, what="pidfile")
+    assert os.readlink(f"/proc/{pid}/exe") == "/usr/sbin/pgbouncer"
+    return pid
+
+
 # --- fixtures ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def run_lock():
@@ -217,7 +246,14 @@ def deb(workdir: Path) -> Path:
         ".git", "__pycache__", ".venv", "*.egg-info", ".pybuild", ".pytest_cache", ".ruff_cache", "build", "dist"))
     for generated in ("debian/pgbouncer-py", "debian/.debhelper", "debian/build-man"):
         shutil.rmtree(src / generated, ignore_errors=True)
-    sh(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=src, timeout=600)
+    # A python3 (and python3.11) earlier in PATH that is not Debian's, as a pyenv or a venv puts there: the build
+    # must not use it (debian/rules runs Debian's /usr/bin/python3 whatever PATH says).
+    fake = workdir / "foreign-python"
+    fake.mkdir()
+    for name in ("python3", "python3.11"):
+        (fake / name).write_text("#!/bin/sh\necho \"foreign $0 used by the build\" >&2\nexit 97\n")
+        (fake / name).chmod(0o755)
+    sh(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=src, timeout=600, env={"PATH": f"{fake}:{SAFE_PATH}"})
     debs = sorted(workdir.glob("pgbouncer-py_*.deb"))
     assert len(debs) == 1, debs
     debs[0].chmod(0o644)
@@ -322,6 +358,11 @@ def test_fresh_install_conffiles_man_pages_service_and_purge(deb: Path, machine)
     assert sorted(Path("/etc").glob("rc2.d/S*pgbouncer")) != []
     version = sh(["runuser", "-u", "postgres", "--", "/usr/sbin/pgbouncer", "-V"]).stdout
     assert version.startswith("PgBouncer ")
+    # /usr/bin/pgbouncer-py: the same program under its own name (README's examples call it)
+    assert os.path.realpath("/usr/bin/pgbouncer-py") == "/usr/sbin/pgbouncer"
+    assert sh(["runuser", "-u", "postgres", "--", "pgbouncer-py", "-V"]).stdout == version
+    usage = sh(["pgbouncer-py", "--help"]).stdout
+    assert usage.startswith("/usr/bin/pgbouncer-py is a connection pooler for PostgreSQL.\n")
     # the package is built with the compiled scanner, and Debian's python3 loads it
     code = "from pgbouncer_py.proto import scan; print(scan.COMPILED, scan.server_scan.__module__)"
     assert sh(["/usr/bin/python3", "-c", code], cwd="/").stdout.split() == ["True", "pgbouncer_py.proto._scan"]
@@ -331,6 +372,9 @@ def test_fresh_install_conffiles_man_pages_service_and_purge(deb: Path, machine)
     assert page1.stderr == ""
     for heading in ("SYNOPSIS", "OPTIONS", "SIGNALS", "ADMIN CONSOLE", "SHOW VERSION"):
         assert heading in page1.stdout
+    assert sh(["man", "--warnings", "pgbouncer-py"], env=man_env).stdout == page1.stdout
+    for doc in ("migrating.md", "config.md", "console.md"):
+        assert list(Path("/usr/share/doc/pgbouncer-py").glob(doc + "*")) != [], doc
     page5 = sh(["man", "--warnings", "5", "pgbouncer"], env=man_env)
     assert page5.stderr == ""
     words = set(re.findall(r"[a-z0-9_]+", page5.stdout))
@@ -345,10 +389,13 @@ def test_fresh_install_conffiles_man_pages_service_and_purge(deb: Path, machine)
     assert_purged()
 
 
-def test_install_over_debian_pgbouncer_then_service_lifecycle_and_purge(deb: Path, machine, cluster):
-    # Debian's PgBouncer with a working configuration.
-    if pkg_status("pgbouncer") != "ii":
-        sh([*APT, "install", "-y", str(machine["c_deb"])], timeout=600)
+def test_install_over_debian_pgbouncer_then_service_lifecycle_and_back(deb: Path, machine, cluster):
+    # Debian's PgBouncer, freshly installed, with a working configuration.
+    for package in ("pgbouncer-py", "pgbouncer"):
+        if pkg_status(package):
+            sh([*APT, "purge", "-y", package], timeout=900)
+    shutil.rmtree("/etc/pgbouncer", ignore_errors=True)
+    sh([*APT, "install", "-y", str(machine["c_deb"])], timeout=600)
     db_line = f"host={cluster['dir']} port={cluster['port']}"
     ini_text = re.sub(r"^\[databases\][ \t]*$", f"[databases]\npostgres = {db_line}", INI.read_text(), count=1,
                       flags=re.M)
@@ -425,8 +472,32 @@ def test_install_over_debian_pgbouncer_then_service_lifecycle_and_purge(deb: Pat
     assert service("status", check=False).returncode != 0
     assert psql("SELECT 1", db="postgres", user="postgres", password="postgres", check=False).returncode != 0
 
-    # purge
-    sh([*APT, "purge", "-y", "pgbouncer-py"], timeout=600)
-    assert_purged()
+    # Back to Debian's pgbouncer: the admin's files (as the reload step above left them) untouched, its service
+    # runs them.
+    admin_files = {p: (p.read_bytes(), owner_mode(p)) for p in (INI, USERLIST)}
+    links = rc_links()
+    back_to_debian_pgbouncer(machine["c_deb"])
+    assert {p: (p.read_bytes(), owner_mode(p)) for p in (INI, USERLIST)} == admin_files
+    assert rc_links() == links
+    run_debian_pgbouncer_service()
+    try:
+        assert query_eventually("SELECT 1+2", db="postgres", user="postgres", password="postgres") == "3"
+    finally:
+        service("stop")
+    assert {p: (p.read_bytes(), owner_mode(p)) for p in (INI, USERLIST)} == admin_files
     if restart_failure:
         pytest.fail(restart_failure, pytrace=False)
+
+
+def test_back_to_debian_pgbouncer_after_a_fresh_install(deb: Path, machine):
+    if pkg_status("pgbouncer"):
+        sh([*APT, "purge", "-y", "pgbouncer"], timeout=900)
+    shutil.rmtree("/etc/pgbouncer", ignore_errors=True)
+    sh([*APT, "install", "-y", str(deb)], timeout=600)
+    INI.write_text(INI.read_text() + "; edited by the admin\n")
+    admin_files = {p: (p.read_bytes(), owner_mode(p)) for p in (INI, USERLIST)}
+
+    back_to_debian_pgbouncer(machine["c_deb"])
+    assert {p: (p.read_bytes(), owner_mode(p)) for p in (INI, USERLIST)} == admin_files
+    run_debian_pgbouncer_service()
+    service("stop")

@@ -44,34 +44,38 @@ def test_roff_escape(text, expected):
     assert gen_man.roff_escape(text) == expected
 
 
-@pytest.mark.parametrize("param, expected", [
-    (P("listen_port", "int", "6432", False, doc="Port."),
-     [".TP", ".B listen_port", "Port.", ".br", "Type: integer.", ".br", "Default: 6432.", ".br",
-      "Read at start only."]),
-    (P("logfile", doc="Log file."),
-     [".TP", ".B logfile", "Log file.", ".br", "Type: text.", ".br", "Default: not set.", ".br",
-      "Changes take effect on reload."]),
-    (P("verbose", "int", "", doc="More logs."),
-     [".TP", ".B verbose", "More logs.", ".br", "Type: integer.", ".br", "Default: not set (0).", ".br",
-      "Changes take effect on reload."]),
-    (P("server_lifetime", "time", "3600", doc="Max age."),
+RELOAD = "A new value takes effect on reload (SIGHUP, RELOAD) or at once with SET."
+ONLINE = "A new value takes effect at a restart; an online restart (\\-R) is enough."
+FULL = "A new value takes effect at a full restart only (an online restart keeps the old listening sockets)."
+
+
+@pytest.mark.parametrize("param, detail, expected", [
+    (P("listen_port", "int", "6432", False, doc="Port."), "The `port`.",
+     [".TP", ".B listen_port", "The \\fBport\\fR.", ".br", "Type: integer.", ".br", "Default: 6432.", ".br", FULL]),
+    (P("logfile", doc="Log file."), "",
+     [".TP", ".B logfile", "Log file.", ".br", "Type: text.", ".br", "Default: not set.", ".br", RELOAD]),
+    (P("verbose", "int", "", doc="More logs."), "Each `\\-v` adds one.",
+     [".TP", ".B verbose", "Each \\fB\\e\\-v\\fR adds one.", ".br", "Type: integer.", ".br",
+      "Default: not set (0).", ".br", RELOAD]),
+    (P("server_lifetime", "time", "3600", doc="Max age."), "",
      [".TP", ".B server_lifetime", "Max age.", ".br", "Type: seconds, fractions allowed.", ".br",
-      "Default: 3600 seconds.", ".br", "Changes take effect on reload."]),
-    (P("pool_mode", "enum", "session", choices=("session", "transaction"), doc="Mode."),
+      "Default: 3600 seconds.", ".br", RELOAD]),
+    (P("pool_mode", "enum", "session", choices=("session", "transaction"), doc="Mode."), "",
      [".TP", ".B pool_mode", "Mode.", ".br", "Values: session, transaction (case does not matter).", ".br",
-      "Default: session.", ".br", "Changes take effect on reload."]),
-    (P("unix_socket_mode", "mode", "0777", False, doc="Mode."),
-     [".TP", ".B unix_socket_mode", "Mode.", ".br", "Type: file mode, usually written in octal.", ".br",
-      "Default: 0777.", ".br", "Read at start only."]),
+      "Default: session.", ".br", RELOAD]),
+    (P("pkt_buf", "int", "4096", False, doc="Buffer."), ".starts with a dot",
+     [".TP", ".B pkt_buf", "\\&.starts with a dot", ".br", "Type: integer.", ".br", "Default: 4096.", ".br",
+      ONLINE]),
 ])
-def test_render_param(param, expected):
-    assert gen_man.render_param(param) == expected
+def test_render_param(param, detail, expected):
+    assert gen_man.render_param(param, detail, full_restart={"listen_port"}) == expected
 
 
 @pytest.mark.parametrize("params, message", [
     ({"x": P("x", kind="float")}, "unknown kind"),
     ({"x": P("x", doc="  ")}, "no doc text"),
     ({"x": P("y")}, "names setting"),
+    ({"zz_new_setting": P("zz_new_setting")}, "zz_new_setting has no description in man/doc_settings.py"),
     ({}, "empty"),
 ])
 def test_render_rejects_bad_tables(params, message):
@@ -100,11 +104,16 @@ def test_pgbouncer5_covers_every_setting_and_renders_cleanly():
 
 @pytest.mark.parametrize("section", ["NAME", "SYNOPSIS", "OPTIONS", "SIGNALS", '"ADMIN CONSOLE"', "FILES"])
 def test_pgbouncer1_has_section(section):
-    assert f"\n.SH {section}\n" in (ROOT / "man" / "pgbouncer.1").read_text()
+    assert f"\n.SH {section}\n" in gen_man.render_pgbouncer1("0.1.0", "2026-01-01")
 
 
-def test_pgbouncer1_renders_cleanly():
-    assert _render_warnings((ROOT / "man" / "pgbouncer.1").read_text()) == ""
+def test_pgbouncer1_lists_every_console_command_and_renders_cleanly():
+    text = gen_man.render_pgbouncer1("0.1.0", "2026-01-01")
+    assert "@" not in text.replace("@unix", "")
+    assert '.TH PGBOUNCER 1 "2026-01-01" "pgbouncer\\-py 0.1.0"' in text
+    for word in ("SHOW POOLS", "SHOW FDS", "KILL_CLIENT", "WAIT_CLOSE", "SHUTDOWN WAIT_FOR_CLIENTS"):
+        assert word.replace("_", "_") in text.replace("\\-", "-"), word
+    assert _render_warnings(text) == ""
 
 
 @pytest.mark.parametrize("template, files, expected", [
