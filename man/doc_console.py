@@ -310,6 +310,12 @@ COMMANDS = [
     ("PAUSE [db]", "Waits until every server connection (of one database, or of all) is released, then closes "
                    "them. Clients keep their connections; their next query waits until `RESUME`. Used before a "
                    "PostgreSQL restart or switchover. Answers when the pause is complete."),
+    ("PAUSE [db] TIMEOUT n [FORCE]", "pgbouncer-py extension (docs/extensions.md): a `PAUSE` that waits at most "
+                                     "`n` seconds. Without `FORCE`, when servers are still in use after `n` "
+                                     "seconds the pause is undone and the command fails (SQLSTATE 57014); with "
+                                     "`FORCE`, the queries still running are canceled and their server "
+                                     "connections closed, and the pause completes. A `RESUME` while any `PAUSE` "
+                                     "waits makes that `PAUSE` fail at once instead of hanging."),
     ("RESUME [db]", "Ends a `PAUSE`, `SUSPEND` or `KILL`."),
     ("SUSPEND", "Flushes every buffer and stops reading from any socket (online restart's first step). If the "
                 "console that issued it disconnects, the process resumes."),
@@ -334,6 +340,9 @@ COMMANDS = [
                                   "`SIGTERM`): with `so_reuseport`, a new process takes the new clients meanwhile."),
 ]
 
+# The command-table key of a COMMANDS entry whose key is not its first word
+COMMAND_KEYS = {"PAUSE [db] TIMEOUT n [FORCE]": "pause_timeout"}
+
 # The command words of COMMANDS, as the console's command table knows them
-COMMAND_WORDS = {"pause", "resume", "suspend", "disable", "enable", "reconnect", "kill", "kill_client",
+COMMAND_WORDS = {"pause", "pause_timeout", "resume", "suspend", "disable", "enable", "reconnect", "kill", "kill_client",
                  "wait_close", "reload", "set", "shutdown"}

@@ -337,9 +337,20 @@ DETAILS: dict[str, str] = {
     "verbose": (
         "Log level above the default: 1 adds DEBUG lines, 2 adds NOISE lines. Each `-v` on the command line adds "
         "one."),
+    # pgbouncer-py extensions (params.EXTENSIONS; docs/extensions.md)
+    "http_listen_addr": (
+        "pgbouncer-py extension. Addresses, comma-separated (`*` for all), of an HTTP listener that serves "
+        "Prometheus metrics at `/metrics` (the prometheus-community exporter's names) and the probes `/health` and "
+        "`/ready`. Empty (the default): no listener, and `SHOW CONFIG` lists exactly PgBouncer's settings. "
+        "PgBouncer itself refuses a file that sets it."),
+    "http_listen_port": "pgbouncer-py extension. TCP port of the HTTP listener of `http_listen_addr`.",
+    "http_ready_check_servers": (
+        "pgbouncer-py extension. With 1, `/ready` also answers 503 while the most recent server login of some "
+        "database failed and no server connection to it is alive, so a load balancer stops sending clients to a "
+        "pooler that cannot reach PostgreSQL."),
 }
 
 # Settings that an online restart (-R) does not change: the new process inherits the old listening sockets (and
 # finds the old process through the old unix socket), so only a full stop and start applies a new value.
 FULL_RESTART = frozenset({"listen_addr", "listen_port", "listen_backlog", "unix_socket_dir", "unix_socket_mode",
-                          "unix_socket_group", "so_reuseport"})
+                          "unix_socket_group", "so_reuseport", "http_listen_addr", "http_listen_port"})

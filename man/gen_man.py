@@ -113,8 +113,12 @@ def _template(name: str) -> str:
         return f.read()
 
 
+EXTENSIONS_TEXT = ("Settings of pgbouncer-py that PgBouncer does not have (docs/extensions.md). A file without "
+                   "them is read exactly as PgBouncer reads it; PgBouncer refuses a file that sets them.")
+
+
 def render_pgbouncer5(params: Mapping, version: str, date: str, details: Mapping[str, str] | None = None,
-                      full_restart=None) -> str:
+                      full_restart=None, extensions: Mapping | None = None) -> str:
     """The whole pgbouncer.5 source for the given settings table."""
     if details is None or full_restart is None:
         import doc_settings
@@ -125,6 +129,11 @@ def render_pgbouncer5(params: Mapping, version: str, date: str, details: Mapping
     lines = [head.replace("@DATE@", date).replace("@VERSION@", roff_escape(version)).rstrip("\n")]
     for name, param in params.items():
         lines += render_param(param, details[name], full_restart)
+    if extensions:
+        check_params(extensions, details)
+        lines += [".SS \"pgbouncer-py extensions\"", roff_text(EXTENSIONS_TEXT)]
+        for name, param in extensions.items():
+            lines += render_param(param, details[name], full_restart)
     return "\n".join(lines) + "\n" + tail
 
 
@@ -159,7 +168,8 @@ def _md_default(param) -> str:
     return f"`{param.default}`" if param.default != "" else "not set"
 
 
-def render_config_md(params: Mapping, details: Mapping[str, str] | None = None, full_restart=None) -> str:
+def render_config_md(params: Mapping, details: Mapping[str, str] | None = None, full_restart=None,
+                     extensions: Mapping | None = None) -> str:
     if details is None or full_restart is None:
         import doc_settings
         details = doc_settings.DETAILS if details is None else details
@@ -169,7 +179,14 @@ def render_config_md(params: Mapping, details: Mapping[str, str] | None = None, 
     for name, p in params.items():
         out.append(f"| [`{name}`](#{name}) | {_md_cell(_md_default(p))} | {takes_effect(p, full_restart)} | "
                    f"{_md_cell(p.doc.strip())} |\n")
-    for name, p in params.items():
+    if extensions:
+        check_params(extensions, details)
+        out.append(f"\n**pgbouncer-py extensions.** {EXTENSIONS_TEXT}\n\n| setting | default | takes effect | what it is |\n"
+                   "|---|---|---|---|\n")
+        for name, p in extensions.items():
+            out.append(f"| [`{name}`](#{name}) | {_md_cell(_md_default(p))} | {takes_effect(p, full_restart)} | "
+                       f"{_md_cell(p.doc.strip())} |\n")
+    for name, p in {**params, **(extensions or {})}.items():
         values = ("one of " + ", ".join(f"`{c}`" for c in p.choices)) if p.choices else KIND_TEXT[p.kind]
         out.append(f"\n## {name}\n\n{details[name].strip()}\n\n"
                    f"Type: {values}. Default: {_md_default(p)}. "
@@ -298,8 +315,8 @@ def build_date() -> str:
 
 def docs() -> dict[str, str]:
     """The generated documents under docs/, by file name."""
-    from pgbouncer_py.config.params import PARAMS
-    return {"config.md": render_config_md(PARAMS), "console.md": render_console_md()}
+    from pgbouncer_py.config.params import EXTENSIONS, PARAMS
+    return {"config.md": render_config_md(PARAMS, extensions=EXTENSIONS), "console.md": render_console_md()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,12 +328,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("nothing to do: give --man-dir and/or --docs-dir")
 
     import pgbouncer_py
-    from pgbouncer_py.config.params import PARAMS
+    from pgbouncer_py.config.params import EXTENSIONS, PARAMS
 
     out = {}
     if args.man_dir:
         date = build_date()
-        out[os.path.join(args.man_dir, "pgbouncer.5")] = render_pgbouncer5(PARAMS, pgbouncer_py.__version__, date)
+        out[os.path.join(args.man_dir, "pgbouncer.5")] = render_pgbouncer5(PARAMS, pgbouncer_py.__version__, date,
+                                                                     extensions=EXTENSIONS)
         out[os.path.join(args.man_dir, "pgbouncer.1")] = render_pgbouncer1(pgbouncer_py.__version__, date)
     if args.docs_dir:
         out.update({os.path.join(args.docs_dir, name): text for name, text in docs().items()})

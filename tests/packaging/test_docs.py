@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pgbouncer_py.admin import commands, show
-from pgbouncer_py.config.params import PARAMS
+from pgbouncer_py.config.params import ALL_PARAMS, EXTENSIONS, PARAMS
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "man"))
@@ -20,16 +20,16 @@ import doc_settings  # noqa: E402
 import gen_man  # noqa: E402
 
 
-@pytest.mark.parametrize("name", list(PARAMS))
+@pytest.mark.parametrize("name", list(ALL_PARAMS))
 def test_every_setting_has_a_description(name):
-    param = PARAMS[name]
+    param = ALL_PARAMS[name]
     assert param.doc.strip(), f"setting {name}: no one-line doc= in pgbouncer_py/config/params.py"
     assert doc_settings.DETAILS.get(name, "").strip(), f"setting {name}: add its description to man/doc_settings.py"
 
 
 def test_descriptions_name_only_existing_settings():
-    assert sorted(set(doc_settings.DETAILS) - set(PARAMS)) == []
-    assert sorted(n for n in doc_settings.FULL_RESTART if n not in PARAMS or PARAMS[n].reloadable) == []
+    assert sorted(set(doc_settings.DETAILS) - set(ALL_PARAMS)) == []
+    assert sorted(n for n in doc_settings.FULL_RESTART if n not in ALL_PARAMS or ALL_PARAMS[n].reloadable) == []
 
 
 @pytest.mark.parametrize("command", sorted(show.SHOW_COMMANDS))
@@ -58,7 +58,7 @@ def test_show_column_lists_are_the_consoles():
 
 
 def test_every_console_command_is_described():
-    words = {syntax.split()[0].lower() for syntax, _ in doc_console.COMMANDS}
+    words = {doc_console.COMMAND_KEYS.get(syntax, syntax.split()[0].lower()) for syntax, _ in doc_console.COMMANDS}
     assert sorted(set(commands.ADMIN_COMMANDS) - words) == []
     assert words == doc_console.COMMAND_WORDS
     gen_man.check_console(show.SHOW_COMMANDS, commands.ADMIN_COMMANDS)
@@ -73,8 +73,8 @@ def test_generated_docs_are_current(name):
 
 def test_config_md_and_pgbouncer5_have_every_setting():
     md = (ROOT / "docs" / "config.md").read_text()
-    page = gen_man.render_pgbouncer5(PARAMS, "0.1.0", "2026-01-01")
-    for name in PARAMS:
+    page = gen_man.render_pgbouncer5(PARAMS, "0.1.0", "2026-01-01", extensions=EXTENSIONS)
+    for name in ALL_PARAMS:
         assert f"\n## {name}\n" in md
         assert f"\n.B {gen_man.roff_escape(name)}\n" in page
 
