@@ -435,25 +435,20 @@ class Client(LinkedFlow, asyncio.Protocol):
             raise ProtocolError("username too long")
         self.username = user
         self.dbname = params.get("database") or user
+        for key, value in params.items():
+            if key.lower() == "replication":
+                self._replication_param(value)
         unsupported_minor = []
         for key, value in params.items():
             lk = key.lower()
-            if lk in ("user", "database"):
+            if lk in ("user", "database", "replication"):
                 continue
             if lk in CANONICAL:
                 self.vars[CANONICAL[lk]] = value
             elif lk == "options":
-                self._startup_options(value, ignore)
-            elif lk == "replication":
-                low = value.lower()
-                if low in ("false", "off", "no", "0"):
-                    continue
-                if low in ("true", "on", "yes", "1"):
-                    self.replication = "physical"
-                elif low == "database":
-                    self.replication = "logical"
-                else:
-                    raise ProtocolError(f"invalid value for parameter \"replication\": \"{value}\"")
+                if self.replication == "none":
+                    self._startup_options(value, ignore)
+                # a replication client's options go verbatim to its own server (replication_options)
             elif lk in (p.lower() for p in cfg.list_setting("track_extra_parameters")):
                 self.vars[key] = value
             elif key.startswith("_pq_."):
@@ -466,6 +461,22 @@ class Client(LinkedFlow, asyncio.Protocol):
         if (version & 0xFFFF) > 0 or unsupported_minor:
             self.transport.write(build.negotiate_protocol_version(0, unsupported_minor))
         self._find_database()
+
+    def _replication_param(self, value: str) -> None:
+        low = value.lower()
+        if low in ("true", "on", "yes", "1"):
+            self.replication = "physical"
+        elif low == "database":
+            self.replication = "logical"
+        elif low not in ("false", "off", "no", "0"):
+            raise ProtocolError(f"invalid value for parameter \"replication\": \"{value}\"")
+
+    def replication_options(self) -> str | None:
+        """The `options` startup parameter of a replication client, as it sent it."""
+        for key, value in self.startup_params.items():
+            if key.lower() == "options":
+                return value
+        return None
 
     def _startup_options(self, value: str, ignore: set[str]) -> None:
         tokens = value.split()
@@ -553,8 +564,9 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.auth = None
         self.user = user
         if cfg.log_connections:
+            repl = {"none": "no", "physical": "yes", "logical": "database"}[self.replication]
             log.info(f"{self.prefix()}login attempt: db={self.dbname} user={self.username} "
-                     f"tls={self.tls or 'no'} replication={'no' if self.replication == 'none' else 'yes'}")
+                     f"tls={self.tls or 'no'} replication={repl}")
         self.transport.write(build.auth_request(C.AUTH_OK))
         if self.admin:
             from pgbouncer_py.admin import console
@@ -587,30 +599,40 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.cancel_key = registry.new_cancel_key()
         registry.cancel_keys[self.cancel_key] = self
         pool = self.pool
-        if pool.welcome_params is not None:
+        if self.replication != "none":
+            # no welcome from the pool: the client waits for a server logged in for it alone, and its welcome
+            pool.replication_seen = True
+            self._wait_for_login()
+            pooling.launch_new_connection(pool, force=True)
+            return
+        if pool.welcome_params is not None and not pool.welcome_stale:
+            if pool.last_login_error is not None and pooling.fast_fail(self):
+                return
             self.finish_login()
             return
-        now = time.monotonic()
-        if pool.last_login_error is not None and now - pool.last_failed_time < cfg.server_login_retry:
-            self.close(f"server login has been failing, cached error: {pool.last_login_error} "
-                       f"(server_login_retry)", send_error=True)
-            return
-        self.phase = PH_WAIT_LOGIN
-        self.wait_start = now
-        set_client_state(self, CL_WAITING_LOGIN)
+        self._wait_for_login()
         pooling.launch_new_connection(pool, force=not pool.login_servers)
 
-    def finish_login(self) -> None:
-        """Send the welcome (ParameterStatus, BackendKeyData, ReadyForQuery) and enter the work phase."""
+    def _wait_for_login(self) -> None:
+        self.phase = PH_WAIT_LOGIN
+        self.wait_start = time.monotonic()
+        set_client_state(self, CL_WAITING_LOGIN)
+
+    def finish_login(self, server=None) -> None:
+        """Send the welcome (ParameterStatus, BackendKeyData, ReadyForQuery) and enter the work phase. A
+        replication client gets the parameters of its own `server`, which is linked to it for good."""
         cfg = registry.cfg
-        params = dict(self.pool.welcome_params or {})
-        if cfg.application_name_add_host and "application_name" in self.vars:
-            self.vars["application_name"] += " - " + format_addr(self.addr, self.port, self.is_unix)
-        for name in pooling.tracked_params(cfg):
-            if name in self.vars:
-                params[name] = self.vars[name]
-            elif name in params:
-                self.vars[name] = params[name]
+        if server is not None:
+            params = dict(server.params)
+        else:
+            params = dict(self.pool.welcome_params or {})
+            if cfg.application_name_add_host and "application_name" in self.vars:
+                self.vars["application_name"] += " - " + format_addr(self.addr, self.port, self.is_unix)
+            for name in pooling.tracked_params(cfg):
+                if name in self.vars:
+                    params[name] = self.vars[name]
+                elif name in params:
+                    self.vars[name] = params[name]
         out = [build.parameter_status(k, v) for k, v in params.items()]
         out.append(build.msg(b"K", self.cancel_key))
         out.append(build.ready_for_query(b"I"))
@@ -623,6 +645,9 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.idle_since = time.monotonic()
         self.no_pqexec = bool(cfg.disable_pqexec)
         self.ps = prepare.enabled_for(self)
+        if server is not None:
+            pooling.link(self, server)      # sends what the client already queued
+            return
         if self.pending:
             data = bytes(self.pending)
             self.pending.clear()
