@@ -600,39 +600,30 @@ class Client(LinkedFlow, asyncio.Protocol):
         registry.cancel_keys[self.cancel_key] = self
         pool = self.pool
         if self.replication != "none":
-            # no welcome from the pool: the client waits for a server logged in for it alone, and its welcome
-            pool.replication_seen = True
-            self._wait_for_login()
-            pooling.launch_new_connection(pool, force=True)
-            return
+            pool.replication_seen = True     # its server is its own, opened with replication (pooling)
         if pool.welcome_params is not None and not pool.welcome_stale:
-            if pool.last_login_error is not None and pooling.fast_fail(self):
-                return
+            # a refused server login is told at the first query (pooling.fast_fail); a replication client gets
+            # its server at its first command
             self.finish_login()
             return
-        self._wait_for_login()
-        pooling.launch_new_connection(pool, force=not pool.login_servers)
-
-    def _wait_for_login(self) -> None:
+        # the first login of the pool (for a replication client: its own server) brings the welcome
         self.phase = PH_WAIT_LOGIN
         self.wait_start = time.monotonic()
         set_client_state(self, CL_WAITING_LOGIN)
+        pooling.launch_new_connection(pool, force=not pool.login_servers or self.replication != "none")
 
     def finish_login(self, server=None) -> None:
-        """Send the welcome (ParameterStatus, BackendKeyData, ReadyForQuery) and enter the work phase. A
-        replication client gets the parameters of its own `server`, which is linked to it for good."""
+        """Send the welcome (ParameterStatus, BackendKeyData, ReadyForQuery) and enter the work phase; a
+        replication client whose server brought the welcome is linked to that `server` for good."""
         cfg = registry.cfg
-        if server is not None:
-            params = dict(server.params)
-        else:
-            params = dict(self.pool.welcome_params or {})
-            if cfg.application_name_add_host and "application_name" in self.vars:
-                self.vars["application_name"] += " - " + format_addr(self.addr, self.port, self.is_unix)
-            for name in pooling.tracked_params(cfg):
-                if name in self.vars:
-                    params[name] = self.vars[name]
-                elif name in params:
-                    self.vars[name] = params[name]
+        params = dict(self.pool.welcome_params or {})
+        if cfg.application_name_add_host and "application_name" in self.vars:
+            self.vars["application_name"] += " - " + format_addr(self.addr, self.port, self.is_unix)
+        for name in pooling.tracked_params(cfg):
+            if name in self.vars:
+                params[name] = self.vars[name]
+            elif name in params:
+                self.vars[name] = params[name]
         out = [build.parameter_status(k, v) for k, v in params.items()]
         out.append(build.msg(b"K", self.cancel_key))
         out.append(build.ready_for_query(b"I"))

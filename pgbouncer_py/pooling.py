@@ -150,6 +150,10 @@ def activate_client(client) -> None:
     if pool.db.paused or registry.paused or registry.suspended:
         _queue(client)
         return
+    if client.replication != "none":
+        _queue(client)                          # for a server of its own (launch_new_connection)
+        launch_new_connection(pool, force=True)
+        return
     server = _take_idle(pool)
     if server is not None:
         if _needs_check(server):
@@ -195,12 +199,13 @@ def link_idle_fast(client):
 
 
 def _serve_replication(pool, cfg, now: float) -> bool:
-    """Replication connections are never pooled: the oldest replication client still without a server gets one
-    logged in just for it. It counts against the pool's size; at a full pool an idle ordinary server is closed
-    ("evicted") to make room, else the client stays queued. True when a server was launched or evicted."""
+    """Replication connections are never pooled: the oldest replication client waiting without a server (for
+    its first command, or for its login in a pool that has none yet) gets one logged in with replication, just
+    for it. It counts against the pool's size; at a full pool an idle ordinary server is closed ("evicted") to
+    make room, else the client stays queued. True when a server was launched or evicted."""
     launching = {s.replication_client for s in pool.login_servers if s.replication is not None}
     for client in pool.waiting_clients:
-        if client.replication != "none" and client.state == CL_WAITING_LOGIN and client not in launching:
+        if client.replication != "none" and client not in launching:
             break
     else:
         return False
@@ -209,7 +214,8 @@ def _serve_replication(pool, cfg, now: float) -> bool:
         if victim is None:
             return False
         victim.close("evicted")           # its exit serves the waiting clients again, this one first
-        if client.state != CL_WAITING_LOGIN or any(s.replication_client is client for s in pool.login_servers):
+        if client.state not in (CL_WAITING, CL_WAITING_LOGIN) or \
+                any(s.replication_client is client for s in pool.login_servers):
             return True
         if not can_launch(pool, cfg, now):
             return True
@@ -374,22 +380,25 @@ def reconnect_pool(pool) -> None:
 
 def server_login_done(server) -> None:
     pool = server.pool
-    if server.replication is not None:
-        client = server.replication_client
-        server.replication_client = None
-        if client is not None and client.state == CL_WAITING_LOGIN:
-            client.finish_login(server)
-        else:
-            server.close("replication client was closed")
-        return
     pool.last_login_error = None
     pool.last_failed_time = 0.0
     if pool.welcome_params is None or pool.welcome_stale:
         pool.welcome_params = dict(server.params)
         pool.welcome_stale = False
+    if server.replication is not None:
+        client = server.replication_client
+        server.replication_client = None
+        if client is not None and client.state == CL_WAITING_LOGIN:
+            client.finish_login(server)
+        elif client is not None and client.state == CL_WAITING:
+            link(client, server)
+        else:
+            server.close("replication client was closed")
     for client in list(pool.waiting_clients):
         if client.state == CL_WAITING_LOGIN and client.replication == "none":
             client.finish_login()
+    if server.replication is not None:
+        return
     conf = pool.db.conf
     if conf is not None and conf.connect_query:
         set_server_state(server, SV_TESTED)
@@ -461,9 +470,11 @@ def server_closed(server, client, reason, login_error, sqlstate, connect_failed,
         if conf is not None and conf.load_balance_hosts == "disable":
             pool.db.host_index += 1                  # a host list is tried in order: the next one
         return
-    if login_error is not None and server.replication is None:
-        pool.last_login_error = login_error
+    if login_error is not None:
         pool.last_failed_time = time.monotonic()
+        if server.replication is not None:
+            return                                   # the refusal concerns that replication client alone
+        pool.last_login_error = login_error
         if not usable_servers(pool):
             # no server can come free for them: every client waiting in the pool is told why
             for c in list(pool.waiting_clients):

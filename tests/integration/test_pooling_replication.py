@@ -12,12 +12,7 @@ from pgutil import PASSWORDS, clean_env, find_pg_bindir, wait_until
 @pytest.fixture
 def replication_hba(pg):
     """Let the test cluster accept replication connections over TCP (added once, harmless to the rest)."""
-    hba = pg.data_dir / "pg_hba.conf"
-    text = hba.read_text()
-    line = "host replication all 127.0.0.1/32 md5\n"
-    if line not in text:
-        hba.write_text(text + line)
-        pg.query("select pg_reload_conf()")
+    pg.allow_replication()
     return pg
 
 
