@@ -191,7 +191,7 @@ def query_error(conn, sql: str = "select 1") -> tuple[str, str]:
 @pytest.mark.parametrize("binary", BINARIES)
 @pytest.mark.parametrize("gone", ["reconnect", "lifetime", "terminated"])
 def test_refused_login_after_the_servers_are_gone(pooler_factory, pg, role, binary, gone):
-    ini = {"pool_mode": "transaction", "server_login_retry": 2, "server_tls_sslmode": "disable"}
+    ini = {"pool_mode": "transaction", "server_login_retry": 1, "server_tls_sslmode": "disable"}
     if gone == "lifetime":
         ini["server_lifetime"] = 1
     p = pooler_factory.start(ini, userlist={**DEFAULT_USERLIST, role: "right"}, binary=binary)
@@ -335,7 +335,8 @@ def test_changed_configuration_closes_servers(pooler_factory, pg, binary, change
     busy.execute("select 1")
     other = p.connect(autocommit=True)
     other.execute("select 1")
-    other.close()                                            # a second server, idle
+    other.close()                                            # a second server, idle once reset
+    wait_until(lambda: next(r for r in p.admin_dicts("SHOW POOLS") if r["database"] == "testdb")["sv_idle"] == 1)
     mark = p.log_mark()
     CHANGES[change](p, pg)
     # the idle server goes, the busy one too (server_fast_close), and its client is told why
