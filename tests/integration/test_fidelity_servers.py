@@ -14,7 +14,6 @@ import pytest
 from pgutil import (
     DEFAULT_USERLIST,
     PgCluster,
-    PoolerFactory,
     clean_env,
     find_pg_bindir,
     free_port,
@@ -141,12 +140,8 @@ def own_pg(tmp_path_factory, certs):
 
 
 @pytest.fixture
-def own_factory(request, own_pg, tmp_path):
-    factory = PoolerFactory(own_pg, tmp_path)
-    yield factory
-    problems = factory.stop_all()
-    if problems:
-        pytest.fail("pooler teardown: " + "; ".join(problems), pytrace=False)
+def own_factory(factory_for, own_pg):
+    return factory_for(own_pg)
 
 
 @pytest.mark.parametrize("binary", BINARIES)

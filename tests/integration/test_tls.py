@@ -10,7 +10,7 @@ import struct
 
 import psycopg
 import pytest
-from pgutil import PASSWORDS, PgCluster, PoolerFactory, running, wait_until
+from pgutil import PASSWORDS, PgCluster, running, wait_until
 from psycopg.types.string import TextLoader
 from tlsutil import TlsFiles
 
@@ -40,12 +40,8 @@ def pg_ssl(tmp_path_factory, certs):
 
 
 @pytest.fixture
-def ssl_factory(request, pg_ssl, tmp_path):
-    factory = PoolerFactory(pg_ssl, tmp_path)
-    yield factory
-    problems = factory.stop_all()
-    if problems:
-        pytest.fail("pooler teardown: " + "; ".join(problems), pytrace=False)
+def ssl_factory(factory_for, pg_ssl):
+    return factory_for(pg_ssl)
 
 
 def client_tls_settings(certs: TlsFiles, mode: str) -> dict:
