@@ -10,6 +10,7 @@ from pgbouncer_py.objects import (
     CL_WAITING_LOGIN,
     SV_ACTIVE,
     SV_IDLE,
+    SV_LOGIN,
     SV_TESTED,
     SV_USED,
     registry,
@@ -84,8 +85,9 @@ def can_launch(pool, cfg, now: float) -> bool:
 
 
 def usable_servers(pool) -> int:
-    """Servers of the pool that are logged in (a client can have one now or once it is released)."""
-    return pool.server_count() - len(pool.login_servers)
+    """Logged-in servers of the pool that an ordinary client can have now or once released (not the login
+    ones, nor the dedicated servers of replication clients). Counted only when a login failed."""
+    return sum(1 for s in pool.all_servers() if s.state != SV_LOGIN and s.replication is None)
 
 
 def fast_fail(client) -> bool:
