@@ -285,6 +285,29 @@ def test_max_connections_reached(own_factory, own_pg, binary):
             c.close()
 
 
+def pg_ctl(cluster, *args: str) -> None:
+    subprocess.run([cluster.bindir / "pg_ctl", *args, "-D", cluster.data_dir, "-l", cluster.log_path], check=True,
+                   capture_output=True, env=clean_env({"LC_ALL": "C"}))
+
+
+@pytest.mark.parametrize("binary", BINARIES)
+def test_postgres_shutting_down_keeps_clients_queued(own_factory, own_pg, binary):
+    # "the database system is shutting down" (57P03) is not a refusal to pass on: the client waits for the retries
+    p = own_factory.start({"server_tls_sslmode": "disable", "server_login_retry": 1, "query_wait_timeout": 2},
+                          binary=binary)
+    session = psycopg.connect(own_pg.dsn("postgres", "postgres", unix=True))
+    try:
+        pg_ctl(own_pg, "stop", "-m", "smart", "-W")         # waits for the session above to end
+        e = raw_login(p)
+        assert (e["M"], e["C"]) == ("query_wait_timeout", "08P01")
+        assert p.log().count("WARNING server login failed: FATAL the database system is shutting down") >= 2
+        p.wait_for_log(closing("the database system is shutting down"))
+    finally:
+        session.close()
+        wait_until(lambda: not (own_pg.data_dir / "postmaster.pid").exists(), timeout=30)
+        pg_ctl(own_pg, "start", "-w")
+
+
 @pytest.mark.parametrize("binary", BINARIES)
 def test_postgres_restarted_with_a_rejecting_hba(own_factory, own_pg, binary):
     p = own_factory.start({"pool_mode": "transaction", "server_tls_sslmode": "disable", "server_login_retry": 1},
@@ -295,8 +318,7 @@ def test_postgres_restarted_with_a_rejecting_hba(own_factory, own_pg, binary):
     before = hba.read_text()
     hba.write_text("local all all trust\nhost all md5user 127.0.0.1/32 reject\nhost all all 127.0.0.1/32 md5\n")
     try:
-        subprocess.run([own_pg.bindir / "pg_ctl", "restart", "-w", "-m", "fast", "-D", own_pg.data_dir,
-                        "-l", own_pg.log_path], check=True, capture_output=True, env=clean_env({"LC_ALL": "C"}))
+        pg_ctl(own_pg, "restart", "-w", "-m", "fast")
         p.wait_for_log(closing(r"server conn crashed\?"))
         message = 'pg_hba.conf rejects connection for host "127.0.0.1", user "md5user", database "testdb", no encryption'
         assert query_error(c) == (message, "28000")
