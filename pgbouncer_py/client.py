@@ -439,25 +439,20 @@ class Client(LinkedFlow, asyncio.Protocol):
             raise ProtocolError("username too long")
         self.username = user
         self.dbname = params.get("database") or user
+        for key, value in params.items():
+            if key.lower() == "replication":
+                self._replication_param(value)
         unsupported_minor = []
         for key, value in params.items():
             lk = key.lower()
-            if lk in ("user", "database"):
+            if lk in ("user", "database", "replication"):
                 continue
             if lk in CANONICAL:
                 self.vars[CANONICAL[lk]] = value
             elif lk == "options":
-                self._startup_options(value, ignore)
-            elif lk == "replication":
-                low = value.lower()
-                if low in ("false", "off", "no", "0"):
-                    continue
-                if low in ("true", "on", "yes", "1"):
-                    self.replication = "physical"
-                elif low == "database":
-                    self.replication = "logical"
-                else:
-                    raise ProtocolError(f"invalid value for parameter \"replication\": \"{value}\"")
+                if self.replication == "none":
+                    self._startup_options(value, ignore)
+                # a replication client's options go verbatim to its own server (replication_options)
             elif lk in (p.lower() for p in cfg.list_setting("track_extra_parameters")):
                 self.vars[key] = value
             elif key.startswith("_pq_."):
@@ -470,6 +465,22 @@ class Client(LinkedFlow, asyncio.Protocol):
         if (version & 0xFFFF) > 0 or unsupported_minor:
             self.transport.write(build.negotiate_protocol_version(0, unsupported_minor))
         self._find_database()
+
+    def _replication_param(self, value: str) -> None:
+        low = value.lower()
+        if low in ("true", "on", "yes", "1"):
+            self.replication = "physical"
+        elif low == "database":
+            self.replication = "logical"
+        elif low not in ("false", "off", "no", "0"):
+            raise ProtocolError(f"invalid value for parameter \"replication\": \"{value}\"")
+
+    def replication_options(self) -> str | None:
+        """The `options` startup parameter of a replication client, as it sent it."""
+        for key, value in self.startup_params.items():
+            if key.lower() == "options":
+                return value
+        return None
 
     def _startup_options(self, value: str, ignore: set[str]) -> None:
         tokens = value.split()
@@ -556,8 +567,9 @@ class Client(LinkedFlow, asyncio.Protocol):
 
     def log_login_attempt(self) -> None:
         if registry.cfg.log_connections:
+            repl = {"none": "no", "physical": "yes", "logical": "database"}[self.replication]
             log.info(f"{self.prefix()}login attempt: db={self.dbname} user={self.username} "
-                     f"tls={self.tls or 'no'} replication={'no' if self.replication == 'none' else 'yes'}")
+                     f"tls={self.tls or 'no'} replication={repl}")
 
     # --- authentication ---
     def _auth_data(self, data: bytes) -> None:
@@ -604,21 +616,22 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.cancel_key = registry.new_cancel_key()
         registry.cancel_keys[self.cancel_key] = self
         pool = self.pool
-        if pool.welcome_params is not None:
+        if self.replication != "none":
+            pool.replication_seen = True     # its server is its own, opened with replication (pooling)
+        if pool.welcome_params is not None and not pool.welcome_stale:
+            # a refused server login is told at the first query (pooling.fast_fail); a replication client gets
+            # its server at its first command
             self.finish_login()
             return
-        now = time.monotonic()
-        if pool.last_login_error is not None and now - pool.last_failed_time < cfg.server_login_retry:
-            self.close(f"server login has been failing, cached error: {pool.last_login_error} "
-                       f"(server_login_retry)", send_error=True)
-            return
+        # the first login of the pool (for a replication client: its own server) brings the welcome
         self.phase = PH_WAIT_LOGIN
-        self.wait_start = now
+        self.wait_start = time.monotonic()
         set_client_state(self, CL_WAITING_LOGIN)
-        pooling.launch_new_connection(pool, force=not pool.login_servers)
+        pooling.launch_new_connection(pool, force=not pool.login_servers or self.replication != "none")
 
-    def finish_login(self) -> None:
-        """Send the welcome (ParameterStatus, BackendKeyData, ReadyForQuery) and enter the work phase."""
+    def finish_login(self, server=None) -> None:
+        """Send the welcome (ParameterStatus, BackendKeyData, ReadyForQuery) and enter the work phase; a
+        replication client whose server brought the welcome is linked to that `server` for good."""
         cfg = registry.cfg
         params = dict(self.pool.welcome_params or {})
         if cfg.application_name_add_host and "application_name" in self.vars:
@@ -642,6 +655,9 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.idle_since = time.monotonic()
         self.no_pqexec = bool(cfg.disable_pqexec)
         self.ps = prepare.enabled_for(self)
+        if server is not None:
+            pooling.link(self, server)      # sends what the client already queued
+            return
         if self.pending:
             data = bytes(self.pending)
             self.pending.clear()

@@ -142,17 +142,15 @@ class Janitor:
             return
         for s in list(pool.login_servers):
             if now - s.created > sct:
-                s.close("connect timeout", failed_login=True, login_error="connect timeout")
+                s.close("connect timeout", connect_failed=True)
 
     def active_servers(self, pool, now: float, cfg) -> None:
         if not cfg.server_fast_close:
             return
         for s in list(pool.active_servers):
             # session pooling: a server that must be replaced goes as soon as its transaction is over
-            if s.ready and s.expect_rfq == 0 and s.internal_done is None:
-                reason = pooling.stale_reason(s)
-                if reason:
-                    s.close(reason)
+            if s.ready and s.expect_rfq == 0 and s.internal_done is None and pooling.is_stale(s):
+                s.close(pooling.STALE)
 
     def idle_servers(self, pool, now: float, cfg) -> None:
         db = pool.db
@@ -160,9 +158,8 @@ class Janitor:
         lifetime = db.setting("server_lifetime", cfg.server_lifetime)
         too_many = pool.server_count() - (pool.pool_size(cfg) + pool.reserve_pool_size(cfg))
         for s in list(pool.idle_servers):
-            reason = pooling.stale_reason(s)
-            if reason:
-                s.close(reason)
+            if pooling.is_stale(s):
+                s.close(pooling.STALE)
             elif too_many > 0:
                 too_many -= 1
                 s.close("too many servers in the pool")

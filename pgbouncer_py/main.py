@@ -7,7 +7,7 @@ import signal
 import ssl
 import sys
 
-from pgbouncer_py import VERSION_STRING
+from pgbouncer_py import VERSION_STRING, pooling
 from pgbouncer_py.auth import login
 from pgbouncer_py.client import Client
 from pgbouncer_py.config import ConfigError, load_config
@@ -18,8 +18,9 @@ from pgbouncer_py.net import listen, tls
 from pgbouncer_py.objects import Database, User, registry
 
 # database settings whose change makes existing server connections stale
-_DIRTY_KEYS = ("dbname", "host", "port", "user", "password", "connect_query", "auth_dbname", "auth_query",
-               "load_balance_hosts", "client_encoding", "datestyle", "timezone", "application_name")
+# a change of one of these in a [databases] entry replaces its server connections (PgBouncer's list: a new
+# password, application_name, client_encoding, ... apply to new connections only)
+_DIRTY_KEYS = ("dbname", "host", "port", "user", "connect_query", "auth_dbname", "auth_query", "load_balance_hosts")
 
 
 def loop_name() -> str:
@@ -174,13 +175,13 @@ class Pooler:
                     db.auto = False
                     db.conf = conf
             elif db.conf != conf:
-                if any(getattr(db.conf, k) != getattr(conf, k) for k in _DIRTY_KEYS):
-                    db.dirty = True
-                    for pool in registry.pools.values():
-                        if pool.db is db:
-                            for s in pool.all_servers():
-                                s.close_needed = True
+                dirty = any(getattr(db.conf, k) != getattr(conf, k) for k in _DIRTY_KEYS)
                 db.conf = conf
+                if dirty:
+                    db.dirty = True
+                    for pool in list(registry.pools.values()):
+                        if pool.db is db:
+                            pooling.reconnect_pool(pool)
             db.forced_user = self._forced_user(conf)
         for name, db in list(registry.databases.items()):
             if name not in cfg.databases and not db.auto:
@@ -465,7 +466,7 @@ def tls_recycle_servers() -> None:
     for pool in registry.pools.values():
         for s in pool.all_servers():
             if s.unix_path is None and s.tls_generation != tls.state.generation:
-                s.close_needed = True
+                pooling.mark_stale(s)
 
 
 def open_listeners(cfg, inherited_fds: list[int] | None = None) -> list:

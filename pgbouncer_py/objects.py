@@ -142,8 +142,10 @@ class Pool:
         self.active_cancel_servers: dict = {}
         self.being_canceled_servers: dict = {}
         self.welcome_params: dict[str, str] | None = None   # ParameterStatus of the first server login
-        self.last_login_error: str | None = None
-        self.last_failed_time = 0.0
+        self.welcome_stale = False       # RECONNECT / changed database: new clients wait for a new login
+        self.last_login_error: str | None = None   # the last server login was refused (cached error)
+        self.last_failed_time = 0.0      # monotonic time of the last failed connect or login; 0 after a login
+        self.replication_seen = False    # a replication client used this pool (pooling serves them first)
         self.last_connect_time = 0.0
         self.last_lifetime_disconnect = 0.0
         self.reserve_used = 0

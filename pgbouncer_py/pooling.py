@@ -10,6 +10,7 @@ from pgbouncer_py.objects import (
     CL_WAITING_LOGIN,
     SV_ACTIVE,
     SV_IDLE,
+    SV_LOGIN,
     SV_TESTED,
     SV_USED,
     registry,
@@ -17,6 +18,8 @@ from pgbouncer_py.objects import (
     set_server_state,
 )
 from pgbouncer_py.varcache import TRACKED_PARAMS, tracked_params  # noqa: F401  (stable names for callers)
+
+STALE = "database configuration changed"     # why a server of a changed configuration goes
 
 
 def server_password(pool) -> str | None:
@@ -81,6 +84,26 @@ def can_launch(pool, cfg, now: float) -> bool:
     return True
 
 
+def usable_servers(pool) -> int:
+    """Logged-in servers of the pool that an ordinary client can have now or once released (not the login
+    ones, nor the dedicated servers of replication clients). Counted only when a login failed."""
+    return sum(1 for s in pool.all_servers() if s.state != SV_LOGIN and s.replication is None)
+
+
+def fast_fail(client) -> bool:
+    """A client that needs a server of a pool whose last login was refused, with no server left: closed at once
+    with the cached error (and, once server_login_retry has passed, a new login is tried for the next ones).
+    True when the client was closed."""
+    pool = client.pool
+    if pool.last_login_error is None or usable_servers(pool):
+        return False
+    if time.monotonic() - pool.last_failed_time >= registry.cfg.server_login_retry:
+        launch_new_connection(pool, force=True)
+    client.close(f"server login has been failing, cached error: {pool.last_login_error} (server_login_retry)",
+                 send_error=True)
+    return True
+
+
 def _evict(pools, wanting) -> bool:
     """Close the longest-idle server of another pool among `pools` so `wanting` can connect."""
     victim = None
@@ -103,8 +126,10 @@ def launch_new_connection(pool, *, force: bool = False) -> bool:
     if pool.db.admin or registry.suspended or pool.db.paused or registry.paused:
         return False
     now = time.monotonic()
-    if pool.last_login_error is not None and now - pool.last_failed_time < cfg.server_login_retry:
-        return False
+    if pool.last_failed_time and now - pool.last_failed_time < cfg.server_login_retry:
+        return False                 # the last connect or login failed: not again before server_login_retry
+    if pool.replication_seen and _serve_replication(pool, cfg, now):
+        return True
     if pool.login_servers and not force:
         # one login at a time is enough until it finishes, unless more clients wait than logins run
         if len(pool.login_servers) >= len(pool.waiting_clients):
@@ -128,7 +153,8 @@ def activate_client(client) -> None:
         _queue(client)
         return
     if client.replication != "none":
-        _launch_replication_server(client)
+        _queue(client)                          # for a server of its own (launch_new_connection)
+        launch_new_connection(pool, force=True)
         return
     server = _take_idle(pool)
     if server is not None:
@@ -138,6 +164,8 @@ def activate_client(client) -> None:
             start_check(server)
             return
         link(client, server)
+        return
+    if pool.last_login_error is not None and fast_fail(client):
         return
     _queue(client)
     if pool.server_count() < pool.launch_cap(registry.cfg):   # else no launch can succeed (the janitor retries)
@@ -172,18 +200,37 @@ def link_idle_fast(client):
     return server
 
 
-def _launch_replication_server(client) -> None:
-    """Replication connections are never pooled: the client waits for a server logged in just for it."""
+def _serve_replication(pool, cfg, now: float) -> bool:
+    """Replication connections are never pooled: the oldest replication client waiting without a server (for
+    its first command, or for its login in a pool that has none yet) gets one logged in with replication, just
+    for it. It counts against the pool's size; at a full pool an idle ordinary server is closed ("evicted") to
+    make room, else the client stays queued. True when a server was launched or evicted."""
+    launching = {s.replication_client for s in pool.login_servers if s.replication is not None}
+    for client in pool.waiting_clients:
+        if client.replication != "none" and client not in launching:
+            break
+    else:
+        return False
+    if not can_launch(pool, cfg, now):
+        victim = next(iter(pool.idle_servers), None)
+        if victim is None:
+            return False
+        victim.close("evicted")           # its exit serves the waiting clients again, this one first
+        if client.state not in (CL_WAITING, CL_WAITING_LOGIN) or \
+                any(s.replication_client is client for s in pool.login_servers):
+            return True
+        if not can_launch(pool, cfg, now):
+            return True
     from pgbouncer_py.server import Server
-    pool = client.pool
-    _queue(client)
     host, port, path = server_address(pool)
     server = Server(pool, host or "", port, path)
     server.db_conf = pool.db.conf
     server.replication = client.replication
     server.replication_client = client
+    pool.last_connect_time = now
     set_server_state(server, "login")
     server.start_connect()
+    return True
 
 
 def _needs_check(server) -> bool:
@@ -290,9 +337,8 @@ def server_available(server) -> None:
     pool = server.pool
     db = pool.db
     if server.close_needed or db.dirty:
-        reason = stale_reason(server)
-        if reason:
-            server.close(reason)
+        if is_stale(server):
+            server.close(STALE)
             return
     now = time.monotonic()
     lifetime = pool.server_lifetime(registry.cfg)
@@ -314,32 +360,49 @@ def server_available(server) -> None:
     set_server_state(server, SV_IDLE, now)
 
 
-def stale_reason(server) -> str | None:
-    """Why a server must not be reused (RECONNECT, TLS change, database changed on RELOAD), or None."""
+def is_stale(server) -> bool:
+    """Whether a server must not be reused (RECONNECT, TLS change, database changed on RELOAD): it is closed
+    with STALE, one reason for all of them in PgBouncer's words, never the name of an internal flag."""
     db = server.pool.db
-    if db.dirty and getattr(server, "db_conf", db.conf) is not db.conf:
-        return "database configuration changed"
-    if server.close_needed:
-        return "database configuration changed" if db.dirty else "close_needed"
-    return None
+    return server.close_needed or (db.dirty and getattr(server, "db_conf", db.conf) is not db.conf)
+
+
+def mark_stale(server) -> None:
+    """The configuration the server was made with changed: it goes now if idle, else when released."""
+    server.close_needed = True
+    if server.state == SV_IDLE:
+        server.close(STALE)
+
+
+def reconnect_pool(pool) -> None:
+    """RECONNECT or a changed database entry: every server is replaced, and clients that log in from now on
+    wait for the welcome of a new server login (a refused one is what they are told)."""
+    pool.welcome_stale = True
+    for server in pool.all_servers():
+        mark_stale(server)
 
 
 def server_login_done(server) -> None:
     pool = server.pool
     pool.last_login_error = None
+    pool.last_failed_time = 0.0
+    if pool.welcome_params is None or pool.welcome_stale:
+        pool.welcome_params = dict(server.params)
+        pool.welcome_stale = False
     if server.replication is not None:
         client = server.replication_client
         server.replication_client = None
-        if client is not None and client.state == CL_WAITING:
+        if client is not None and client.state == CL_WAITING_LOGIN:
+            client.finish_login(server)
+        elif client is not None and client.state == CL_WAITING:
             link(client, server)
         else:
-            server.close("replication client disconnected")
-        return
-    if pool.welcome_params is None:
-        pool.welcome_params = dict(server.params)
+            server.close("replication client was closed")
     for client in list(pool.waiting_clients):
-        if client.state == CL_WAITING_LOGIN:
+        if client.state == CL_WAITING_LOGIN and client.replication == "none":
             client.finish_login()
+    if server.replication is not None:
+        return
     conf = pool.db.conf
     if conf is not None and conf.connect_query:
         set_server_state(server, SV_TESTED)
@@ -379,7 +442,7 @@ def client_unlinked_by_close(client, server) -> None:
     if server.closed:
         return
     if server.replication is not None:
-        server.close("replication client disconnected")
+        server.close("replication client was closed")
         return
     if server.ready and server.expect_rfq == 0 and server.internal_done is None and not server.tail \
             and server.skip == 0 and not server.psq:
@@ -389,26 +452,37 @@ def client_unlinked_by_close(client, server) -> None:
         server.close("client disconnect while server was not ready")
 
 
-def server_closed(server, client, reason, failed_login, login_error, sqlstate, notify) -> None:
+def server_closed(server, client, reason, login_error, sqlstate, connect_failed, notify) -> None:
+    """After a server's exit: tell whom it concerns, remember a failed connect or login, serve the queue."""
     pool = server.pool
-    waiter = getattr(server, "replication_client", None)
+    waiter = server.replication_client
     if waiter is not None:
+        # a replication server that never reached its client: a refused login ends the client ("login failed",
+        # the reason is in the log); after a connect failure it stays queued for the next try
         server.replication_client = None
-        waiter.close(login_error or reason, send_error=True, sqlstate=sqlstate)
+        if not connect_failed:
+            waiter.close(login_error or reason, send_error=True)
     if pool.auth_waiters or server.internal_rows is not None:
         from pgbouncer_py.auth import auth_query
-        auth_query.server_closed(server, failed_login, login_error or reason, sqlstate)
+        auth_query.server_closed(server, login_error is not None, login_error or reason, sqlstate)
     if client is not None and notify:
         client.link = None
         client.close(reason, send_error=True)
-    if failed_login:
-        pool.last_login_error = login_error or reason
+    if connect_failed:
+        pool.last_failed_time = time.monotonic()     # the janitor tries again after server_login_retry
+        conf = pool.db.conf
+        if conf is not None and conf.load_balance_hosts == "disable":
+            pool.db.host_index += 1                  # a host list is tried in order: the next one
+        return
+    if login_error is not None:
         pool.last_failed_time = time.monotonic()
-        if pool.welcome_params is None:
-            # nobody could log in yet: clients waiting for their welcome get the server's error
+        if server.replication is not None:
+            return                                   # the refusal concerns that replication client alone
+        pool.last_login_error = login_error
+        if not usable_servers(pool):
+            # no server can come free for them: every client waiting in the pool is told why
             for c in list(pool.waiting_clients):
-                if c.state == CL_WAITING_LOGIN:
-                    c.close(login_error or reason, send_error=True, sqlstate=sqlstate)
+                c.close(login_error, send_error=True, sqlstate=sqlstate)
         return
     if pool.waiting_clients and not registry.shutting_down:
         launch_new_connection(pool)

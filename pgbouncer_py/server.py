@@ -79,6 +79,7 @@ class Server(LinkedFlow, asyncio.Protocol):
         self.psq = None                 # prepare: queue of expected responses while tracking, else None
         self.setting_vars = False
         self.replication = None         # "physical"/"logical": a dedicated server of one replication client
+        self.replication_client = None  # that client, until the server is linked to it
         self.last_rfq = 0.0             # monotonic time of the last ReadyForQuery (idle_transaction_timeout)
 
     @property
@@ -107,13 +108,13 @@ class Server(LinkedFlow, asyncio.Protocol):
                 coro = self._resolve_and_connect(loop)
             timeout = cfg.server_connect_timeout or None
             await asyncio.wait_for(coro, timeout)
-        except dns.DNSError as e:
-            self.close("DNS lookup failed", failed_login=True, login_error=str(e))
+        except dns.DNSError:
+            self.close("server DNS lookup failed", connect_failed=True)    # the resolver logged why
         except TimeoutError:
-            self.close("connect timeout", failed_login=True, login_error="connect timeout")
+            self.close("connect timeout", connect_failed=True)
         except OSError as e:
-            msg = e.strerror or str(e)
-            self.close("connect failed", failed_login=True, login_error=f"connect failed: {msg}")
+            log.debug(f"{self.prefix()}connect failed: {e.strerror or e}")
+            self.close("connect failed", connect_failed=True)
         except asyncio.CancelledError:
             pass
 
@@ -164,6 +165,13 @@ class Server(LinkedFlow, asyncio.Protocol):
                     params[pname] = v
         if self.replication is not None:
             params["replication"] = "database" if self.replication == "logical" else "true"
+            client = self.replication_client
+            if client is not None:
+                # the dedicated server starts as the client asked: its parameters and its options, verbatim
+                params.update(client.vars)
+                options = client.replication_options()
+                if options:
+                    params["options"] = options
         self.transport.write(build.startup_message(params))
 
     async def _start_tls(self) -> None:
@@ -187,8 +195,12 @@ class Server(LinkedFlow, asyncio.Protocol):
                 self._reconnect(False)
                 return
             self.transport = None
-            self.close(f"TLS handshake failed: {reason}", failed_login=True,
-                       login_error=f"server TLS handshake failed: {reason}")
+            if isinstance(e, TimeoutError):
+                self.close("connect timeout", connect_failed=True)
+                return
+            # PgBouncer's words: the handshake error, then the connection is "crashed"; retried later
+            log.warning(f"TLS handshake error: handshake failed: {_tls_error_text(e, reason)}")
+            self.close("server conn crashed?", connect_failed=True)
             return
         self._handshaking = False
         if self.phase == PH_CLOSED:
@@ -196,7 +208,7 @@ class Server(LinkedFlow, asyncio.Protocol):
                 new_transport.abort()
             return
         if new_transport is None:
-            self.close("TLS handshake failed", failed_login=True, login_error="TLS handshake failed")
+            self.close("server conn crashed?", connect_failed=True)
             return
         self.transport = new_transport
         self.tls = tls.connection_info(new_transport.get_extra_info("ssl_object"))
@@ -317,8 +329,7 @@ class Server(LinkedFlow, asyncio.Protocol):
             if b == b"S":
                 if rest:
                     # bytes after 'S' were not protected by TLS (CVE-2021-23222): do not use them
-                    self.close("server sent unencrypted data after SSL response", failed_login=True,
-                               login_error="server sent unencrypted data after SSL response")
+                    self.close("server sent unencrypted data after SSL response", connect_failed=True)
                     return
                 self.phase = PH_CONNECT
                 self.transport.pause_reading()
@@ -326,7 +337,7 @@ class Server(LinkedFlow, asyncio.Protocol):
                 return
             if b == b"N":
                 if strict:
-                    self.close("server refused SSL", failed_login=True, login_error="server does not support SSL")
+                    self.close("server refused SSL", connect_failed=True)
                     return
                 self._send_startup()
                 if rest:
@@ -336,7 +347,7 @@ class Server(LinkedFlow, asyncio.Protocol):
                 # a server that does not know SSLRequest answers with an error and hangs up: try again without
                 self._reconnect(False)
                 return
-            self.close("bad SSL response", failed_login=True, login_error="server sent bad SSL response")
+            self.close("bad sslreq answer", connect_failed=True)
             return
         self.reader.feed(data)
         while self.phase not in (PH_CLOSED,):
@@ -374,8 +385,18 @@ class Server(LinkedFlow, asyncio.Protocol):
                 log.debug(f"{self.prefix()}login without TLS failed ({msg}), retrying with TLS")
                 self._reconnect(True)
                 return
-            log.warning(f"server login failed: {sev} {msg}")     # PgBouncer's level, and no socket prefix
-            self.close("login failed", failed_login=True, login_error=msg, login_sqlstate=f.get("C", "08P01"))
+            code = f.get("C", "08P01")
+            if self.replication is not None:
+                # a dedicated replication server: its client is told "login failed", the log says why
+                log.error(f"S: login failed: {sev}: {msg}")
+                self.close("login failed", login_error="login failed")
+                return
+            log.warning(f"server login failed: {sev} {msg}")
+            if code == C.SQLSTATE_CANNOT_CONNECT_NOW:
+                # "the database system is starting up / shutting down": waiting clients stay queued
+                self.close(msg, connect_failed=True)
+                return
+            self.close(msg, login_error=msg, login_sqlstate=code)
         elif mtype == C.B_READY:
             self.phase = PH_WORK
             self.ready = True
@@ -383,7 +404,7 @@ class Server(LinkedFlow, asyncio.Protocol):
         elif mtype == C.B_NOTICE or mtype == C.B_NEGOTIATE_VERSION:
             pass
         else:
-            self.close(f"unexpected message during login: {chr(mtype)!r}", failed_login=True,
+            self.close(f"unexpected message during login: {chr(mtype)!r}",
                        login_error="server login failed: unexpected message")
 
     def _auth_request(self, body: bytes) -> None:
@@ -438,7 +459,7 @@ class Server(LinkedFlow, asyncio.Protocol):
 
     def _login_fail(self, msg: str) -> None:
         log.warning(f"{self.prefix()}{msg}")
-        self.close("login failed", failed_login=True, login_error=msg)
+        self.close("login failed", login_error=msg)
 
     def _idle_message(self, mtype: int, body: bytes) -> None:
         """Messages while no client is linked: internal queries (reset, SET, check) or asynchronous ones."""
@@ -464,7 +485,8 @@ class Server(LinkedFlow, asyncio.Protocol):
             return
         if mtype == C.B_ERROR:
             f = parse_error_fields(body)
-            log.info(f"{self.prefix()}server sent an error while idle: {f.get('S', '')} {f.get('M', '')}")
+            log.warning(f"{self.prefix()}got packet 'E' from server when not linked")
+            log.debug(f"{self.prefix()}the server said: {f.get('S', '')} {f.get('M', '')}")
             self.close("server conn crashed?")
             return
         self.close(f"idle server got unexpected message: {chr(mtype)!r}")
@@ -480,15 +502,17 @@ class Server(LinkedFlow, asyncio.Protocol):
             return                      # handshake failures and libpq-style retries are handled where they happen
         if self.phase != PH_CLOSED:
             if self.phase == PH_LOGIN or self.phase == PH_SSL or self.phase == PH_CONNECT:
-                self.close("server closed connection during login", failed_login=True,
-                           login_error="server closed the connection unexpectedly")
+                self.close("server closed connection during login", connect_failed=True)
             else:
                 self.close("server conn crashed?" if self.link is not None or not self.ready
                            else "server closed connection")
 
     # --- the one exit path ---
-    def close(self, reason: str, *, failed_login: bool = False, login_error: str | None = None,
-              login_sqlstate: str = "08P01", notify_client: bool = True) -> None:
+    def close(self, reason: str, *, login_error: str | None = None, login_sqlstate: str = "08P01",
+              connect_failed: bool = False, notify_client: bool = True) -> None:
+        """The one exit. login_error: the login was refused (PostgreSQL's message, or ours), which waiting
+        clients may be told; connect_failed: the server could not be reached or the connection broke before
+        the login finished, so the pool retries after server_login_retry while its clients stay queued."""
         if self.phase == PH_CLOSED:
             return
         self.phase = PH_CLOSED
@@ -500,7 +524,7 @@ class Server(LinkedFlow, asyncio.Protocol):
             self.connect_task.cancel()
         if self.transport is not None:
             try:
-                if self.state != SV_LOGIN and not failed_login:
+                if self.state != SV_LOGIN:
                     self.transport.write(build.terminate())
             except Exception:
                 pass
@@ -508,7 +532,15 @@ class Server(LinkedFlow, asyncio.Protocol):
         client = self.link
         self.link = None
         set_server_state(self, SV_FREE)
-        pooling.server_closed(self, client, reason, failed_login, login_error, login_sqlstate, notify_client)
+        pooling.server_closed(self, client, reason, login_error, login_sqlstate, connect_failed, notify_client)
+
+
+def _tls_error_text(e: BaseException, reason) -> str:
+    """OpenSSL's words for a failed handshake ('certificate verify failed: ...'), without Python's decoration."""
+    verify = getattr(e, "verify_message", None)
+    if isinstance(reason, str) and verify:
+        return f"{reason}: {verify}"
+    return str(reason)
 
 
 def server_unix_path(host: str | None, port: int) -> str | None:

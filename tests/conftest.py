@@ -118,6 +118,22 @@ def pooler_factory(request: pytest.FixtureRequest, pg: PgCluster, tmp_path: Path
 
 
 @pytest.fixture
+def factory_for(tmp_path: Path):
+    """factory_for(cluster): a PoolerFactory in front of another cluster than `pg` (a module's own one); its
+    poolers are stopped at teardown as pooler_factory's are."""
+    made: list[PoolerFactory] = []
+
+    def make(cluster: PgCluster) -> PoolerFactory:
+        factory = PoolerFactory(cluster, tmp_path / f"cluster{len(made)}")
+        made.append(factory)
+        return factory
+    yield make
+    problems = [problem for factory in made for problem in factory.stop_all()]
+    if problems:
+        pytest.fail("pooler teardown: " + "; ".join(problems), pytrace=False)
+
+
+@pytest.fixture
 def pooler(pooler_factory: PoolerFactory):
     """pgbouncer-py with the default settings in front of `pg`."""
     return pooler_factory.start()

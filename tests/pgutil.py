@@ -274,6 +274,15 @@ class PgCluster:
         for db in TEST_DATABASES:
             self.psql("GRANT ALL ON SCHEMA public TO PUBLIC", db=db)
 
+    def allow_replication(self) -> None:
+        """Accept replication connections over TCP (md5) too; added once, harmless to everything else."""
+        hba = self.data_dir / "pg_hba.conf"
+        text = hba.read_text()
+        line = "host replication all 127.0.0.1/32 md5\n"
+        if line not in text:
+            hba.write_text(text + line)
+            self.query("select pg_reload_conf()")
+
     def stop(self) -> None:
         if self.running:
             self.running = False

@@ -360,10 +360,7 @@ def cmd_reconnect(console, arg):
     _issued("RECONNECT", arg)
     db = _find_db(arg) if arg is not None else None
     for pool in _pools(db):
-        for s in pool.all_servers():
-            s.close_needed = True
-        for s in list(pool.idle_servers):
-            s.close("close_needed")
+        pooling.reconnect_pool(pool)
     return _done("RECONNECT")
 
 

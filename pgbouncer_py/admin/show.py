@@ -234,7 +234,7 @@ def server_row(s, now: float, sockets: bool = False) -> list:
     link = ptr(s.link) if s.link is not None else ""
     app = s.params.get("application_name", "")
     row = [
-        "S", pool.user.name, pool.db.name, "none", state, addr, s.port, laddr, lport,
+        "S", pool.user.name, pool.db.name, s.replication or "none", state, addr, s.port, laddr, lport,
         _time_text(s.connect_time), _time_text(s.request_time), 0, 0, 1 if s.close_needed else 0, ptr(s), link,
         s.backend_pid or 0, s.tls or "", app, len(getattr(s, "prepared", ()) or ()), socket_id(s),
     ]

@@ -12,12 +12,7 @@ from pgutil import PASSWORDS, clean_env, find_pg_bindir, wait_until
 @pytest.fixture
 def replication_hba(pg):
     """Let the test cluster accept replication connections over TCP (added once, harmless to the rest)."""
-    hba = pg.data_dir / "pg_hba.conf"
-    text = hba.read_text()
-    line = "host replication all 127.0.0.1/32 md5\n"
-    if line not in text:
-        hba.write_text(text + line)
-        pg.query("select pg_reload_conf()")
+    pg.allow_replication()
     return pg
 
 
@@ -37,12 +32,11 @@ def test_identify_system_through_pooler(pooler_factory, replication_hba, mode, r
     systemid, timeline, _lsn, dbname = r.stdout.strip().split("|")
     assert systemid.isdigit() and timeline == "1"
     assert dbname == ("testdb" if replication == "database" else "")
-    p.wait_for_log(r"login attempt: db=testdb user=postgres tls=no replication=yes")
+    p.wait_for_log(rf"login attempt: db=testdb user=postgres tls=no replication={'yes' if shown == 'physical' else 'database'}")
     # the dedicated server connection does not go back to the pool
-    p.wait_for_log(r"S-0x[0-9a-f]+: testdb/postgres@\S+ closing because: replication client disconnected")
+    p.wait_for_log(r"S-0x[0-9a-f]+: testdb/postgres@\S+ closing because: replication client was closed")
     rows = [r for r in p.admin_dicts("SHOW POOLS") if r["database"] == "testdb" and r["user"] == "postgres"]
-    assert rows and rows[0]["sv_idle"] <= 1     # at most the ordinary welcome server
-    del shown
+    assert rows and rows[0]["sv_idle"] == 0     # no ordinary server was opened for the replication client
 
 
 def test_replication_server_not_shared_with_normal_clients(pooler_factory, replication_hba, pg):

@@ -96,13 +96,19 @@ class Conn:
 
     def login(self, user: str, db: str, password: str | None, **extra: str) -> None:
         """Startup + auth; returns at the first ReadyForQuery, raises AssertionError on an error."""
+        error = self.try_login(user, db, password, **extra)
+        if error is not None:
+            raise AssertionError(f"login failed: {error}")
+
+    def try_login(self, user: str, db: str, password: str | None, **extra: str) -> dict[str, str] | None:
+        """Startup + auth: None at the first ReadyForQuery, else the fields of the ErrorResponse (S, C, M...)."""
         self.send(startup(user, db, **extra))
         while True:
             m = self.read_msg()
             assert m is not None, "connection closed during login"
             t, body = m
             if t == b"E":
-                raise AssertionError(f"login failed: {error_fields(body)}")
+                return error_fields(body)
             if t == b"R":
                 code = struct.unpack("!I", body[:4])[0]
                 if code == 5:
@@ -114,7 +120,7 @@ class Conn:
                 elif code != 0:
                     raise AssertionError(f"unsupported auth request {code}")
             elif t == b"Z":
-                return
+                return None
 
     def simple_query(self, sql: str) -> list[tuple[bytes, bytes]]:
         """Run one simple query; every message up to ReadyForQuery."""
