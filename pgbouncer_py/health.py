@@ -28,7 +28,7 @@ def health() -> tuple[int, str, bytes]:
 
 
 def failing_databases() -> list[str]:
-    """Databases whose most recent server login failed and that have no live server connection."""
+    """Databases whose most recent server connect or login failed and that have no live server connection."""
     failing = set()
     ok = set()
     for pool in list(registry.pools.values()):
@@ -37,7 +37,7 @@ def failing_databases() -> list[str]:
             continue
         if pool.idle_servers or pool.active_servers or pool.used_servers or pool.tested_servers:
             ok.add(db.name)
-        elif pool.last_login_error is not None:
+        elif pool.last_failed_time:         # set by a failed connect or login, cleared by a successful login
             failing.add(db.name)
     return sorted(failing - ok)
 

@@ -221,8 +221,10 @@ def test_health_and_ready_follow_pause_suspend_and_server_logins(pooler_factory,
     assert get_json(p, "/ready") == (503, {"ready": False, "reason": "suspended"})
     adm.cursor().execute("RESUME")
     adm.close()
-    with pytest.raises(psycopg.OperationalError):
-        psycopg.connect(p.dsn("deaddb"))                  # its server login fails
+    with pytest.raises(psycopg2.OperationalError):
+        # its server connect fails: the client stays queued and gives up (libpq closes the socket)
+        psycopg2.connect(p.dsn("deaddb"), connect_timeout=2)
+    wait_until(lambda: get_json(p, "/ready")[0] == 503, timeout=5, message="not ready")
     assert get_json(p, "/ready") == (503, {"ready": False, "reason": "server login failing",
                                            "databases": ["deaddb"]})
     assert get_json(p, "/health")[0] == 200
