@@ -25,6 +25,7 @@ from pgbouncer_py.objects import (
 from pgbouncer_py.proto import build, sql
 from pgbouncer_py.proto import constants as C
 from pgbouncer_py.proto.messages import MessageReader, ProtocolError, parse_startup_packet
+from pgbouncer_py.proto.scan import CLIENT_TYPES
 from pgbouncer_py.proto.scan import client_scan as _client_scan
 
 _unpack_len = struct.Struct("!I").unpack_from
@@ -220,8 +221,9 @@ class Client(LinkedFlow, asyncio.Protocol):
         flags = self.ps | (self.no_pqexec << 1)
         while True:
             # the walk (compiled when built) steps over what is routine, counting Query/Sync; it stops at
-            # what needs a look here: Terminate, a bad length, a Query that disable_pqexec refuses or that
-            # may be SQL PREPARE/EXECUTE/DEALLOCATE, Parse/Bind/Describe/Close that may name a statement
+            # what needs a look here: Terminate, a bad length, an unknown type, a Query that disable_pqexec
+            # refuses or that may be SQL PREPARE/EXECUTE/DEALLOCATE, Parse/Bind/Describe/Close that may name
+            # a statement
             pos, syncs, work = _client_scan(data, pos, self._max_packet, flags)
             if work and not server.query_start:
                 _start_clock(server)
@@ -234,6 +236,11 @@ class Client(LinkedFlow, asyncio.Protocol):
                 if pos:
                     server.transport.write(data[:pos])
                 self.close("client close request")
+                return
+            if t not in CLIENT_TYPES:
+                if pos:
+                    server.transport.write(data[:pos])
+                self.unknown_packet(data[pos:pos + 8])
                 return
             if t == 81:
                 if self.no_pqexec:
@@ -282,13 +289,31 @@ class Client(LinkedFlow, asyncio.Protocol):
             pooling.activate_client(self)
 
     def _pending_has_work(self) -> bool:
-        """A lone Terminate needs no server."""
+        """A lone Terminate needs no server; a message type the pooler does not know is refused before one is
+        taken for it (as PgBouncer does)."""
         p = self.pending
         if len(p) >= 5 and p[0] == 88:
             self.pending.clear()
             self.close("client close request")
             return False
+        pos = _client_scan(p, 0, self._max_packet, 0)[0]
+        if pos + 5 <= len(p) and p[pos] not in CLIENT_TYPES:
+            header = bytes(p[pos:pos + 8])
+            p.clear()
+            self.unknown_packet(header)
+            return False
         return True
+
+    def unknown_packet(self, header: bytes) -> None:
+        """After login, a frontend message of a type the pooler does not know (`header`: its first bytes):
+        PgBouncer's error, never forwarded (PostgreSQL would end the pooled backend for it). Type 0 is what
+        PgBouncer reads as a startup packet's length: a bad header."""
+        t = header[0]
+        if t == 0:
+            self.close(f"bad packet header: '{header.hex()}'", send_error=True)
+            return
+        log.error(f"{self.prefix()}unknown pkt from client: {t}/0x{t:x}")
+        self.close("unknown pkt", send_error=True)
 
     def link_ready(self) -> None:
         """Called by the pool once the linked server is ready for this client's data."""

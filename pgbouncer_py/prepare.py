@@ -332,6 +332,10 @@ def client_data(client, data: bytes, server) -> None:
                 _write(server, out, data, start, pos)
                 client.close("client close request")
                 return
+            elif t not in scan.CLIENT_TYPES:                    # never forwarded
+                _write(server, out, data, start, pos)
+                client.unknown_packet(data[pos:pos + 8])
+                return
             pos = end
     except PacketError as e:
         _write(server, out, data, start, pos)
