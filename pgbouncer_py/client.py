@@ -779,6 +779,7 @@ def _peer_for_key(key: bytes):
 
 
 async def _forward_cancel_to_peer(peer, key: bytes) -> None:
+    next(registry.socket_ids)       # the connection to the peer is a socket of its own: PgBouncer numbers it too
     w = None
     try:
         if peer.host and not peer.host.startswith("/"):
@@ -797,7 +798,15 @@ async def _forward_cancel_to_peer(peer, key: bytes) -> None:
             w.close()
 
 
-async def _send_cancel(server) -> None:
+def _send_cancel(server):
+    """The cancel request for a server's backend, to await. Until it has landed the server is not handed to
+    another client (pooling.server_available), so a late cancel never hits the next client's query."""
+    server.cancels += 1
+    next(registry.socket_ids)       # the cancel connection is a server socket of its own: PgBouncer numbers it too
+    return _cancel_connection(server)
+
+
+async def _cancel_connection(server) -> None:
     """Open a new connection to the server's PostgreSQL, send its backend key, wait until PostgreSQL closes."""
     w = None
     try:
@@ -815,3 +824,6 @@ async def _send_cancel(server) -> None:
     finally:
         if w is not None:
             w.close()
+        server.cancels -= 1
+        if not server.cancels:
+            pooling.cancel_landed(server)

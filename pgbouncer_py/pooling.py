@@ -9,6 +9,7 @@ from pgbouncer_py.objects import (
     CL_WAITING,
     CL_WAITING_LOGIN,
     SV_ACTIVE,
+    SV_BEING_CANCELED,
     SV_IDLE,
     SV_TESTED,
     SV_USED,
@@ -285,6 +286,9 @@ def server_available(server) -> None:
     if not server.ready:
         server.close("server not ready at release")
         return
+    if server.cancels:
+        set_server_state(server, SV_BEING_CANCELED)    # a cancel request is still on its way to this backend
+        return
     pool = server.pool
     db = pool.db
     if server.close_needed or db.dirty:
@@ -310,6 +314,13 @@ def server_available(server) -> None:
                 link(client, server)
                 return
     set_server_state(server, SV_IDLE, now)
+
+
+def cancel_landed(server) -> None:
+    """The last cancel request for the server's backend has been delivered: if the server waited for it
+    (being_canceled), it can now go to the next client."""
+    if server.state == SV_BEING_CANCELED and not server.closed:
+        server_available(server)
 
 
 def stale_reason(server) -> str | None:

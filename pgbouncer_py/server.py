@@ -80,6 +80,8 @@ class Server(LinkedFlow, asyncio.Protocol):
         self.setting_vars = False
         self.replication = None         # "physical"/"logical": a dedicated server of one replication client
         self.last_rfq = 0.0             # monotonic time of the last ReadyForQuery (idle_transaction_timeout)
+        self.id = next(registry.socket_ids)    # SHOW SERVERS `id`: one counter with the clients, creation order
+        self.cancels = 0                # cancel requests on their way to this backend (not reused before they land)
 
     @property
     def closed(self) -> bool:
