@@ -547,8 +547,10 @@ class Client(LinkedFlow, asyncio.Protocol):
                 raise ProtocolError("no more connections allowed (max_client_conn)")
             if self.db.disabled:
                 raise ProtocolError(f'database "{name}" is disabled')
-            if registry.shutting_down and not (registry.main and registry.main.wait_for_clients):
-                # WAIT_FOR_CLIENTS stopped accepting: whoever got in before that is served
+            main = registry.main
+            if registry.shutting_down and (not main.wait_for_clients or self.is_unix and self.created >= main.shutdown_at):
+                # WAIT_FOR_CLIENTS: whoever got in before it is served (and what so_reuseport's accept queue still
+                # held); after it the unix socket is open for console logins only
                 raise ProtocolError("pooler is shutting down")
         self.phase = PH_AUTH
         self.reader = MessageReader(max_size=min(cfg.max_packet_size, C.MAX_PASSWORD + 1024))

@@ -125,6 +125,9 @@ def launch_new_connection(pool, *, force: bool = False) -> bool:
 def activate_client(client) -> None:
     """The client has a query to run and no server: link an idle one or queue the client."""
     pool = client.pool
+    if registry.shutting_down and registry.main.shutdown_mode == "wait_for_servers":
+        client.close("server shutting down", send_error=True)     # SHUTDOWN WAIT_FOR_SERVERS gives out no server
+        return
     if pool.db.paused or registry.paused or registry.suspended:
         _queue(client)
         return
