@@ -24,7 +24,7 @@ from pgbouncer_py.objects import (
 )
 from pgbouncer_py.proto import build, sql
 from pgbouncer_py.proto import constants as C
-from pgbouncer_py.proto.messages import MessageReader, ProtocolError, parse_startup_packet
+from pgbouncer_py.proto.messages import MessageReader, ProtocolError, parse_options, parse_startup_packet
 from pgbouncer_py.proto.scan import CLIENT_TYPES
 from pgbouncer_py.proto.scan import client_scan as _client_scan
 
@@ -480,10 +480,11 @@ class Client(LinkedFlow, asyncio.Protocol):
                 else:
                     raise ProtocolError(f"invalid value for parameter \"replication\": \"{value}\"")
             elif lk in (p.lower() for p in cfg.list_setting("track_extra_parameters")):
-                self.vars[key] = value
+                self.vars[varcache.canonical_name(key)] = value
             elif key.startswith("_pq_."):
                 unsupported_minor.append(key)
             elif lk in ignore:
+                log.debug(f"{self.prefix()}ignoring startup parameter: {key}={value}")
                 continue
             else:
                 raise ProtocolError(f"unsupported startup parameter: {key}")
@@ -493,36 +494,23 @@ class Client(LinkedFlow, asyncio.Protocol):
         self._find_database()
 
     def _startup_options(self, value: str, ignore: set[str]) -> None:
-        tokens = value.split()
-        i = 0
-        while i < len(tokens):
-            t = tokens[i]
-            if t == "-c" and i + 1 < len(tokens):
-                kv = tokens[i + 1]
-                i += 2
-            elif t.startswith("-c") and len(t) > 2:
-                kv = t[2:]
-                i += 1
-            elif t.startswith("--") and "=" in t:
-                kv = t[2:]
-                i += 1
-            else:
-                raise ProtocolError("unsupported options startup parameter: only '-c config=val' and "
-                                    "'--config=val' are allowed")
-            if "=" not in kv:
-                raise ProtocolError("unsupported options startup parameter: only '-c config=val' and "
-                                    "'--config=val' are allowed")
-            key, val = kv.split("=", 1)
-            key = key.replace("-", "_") if key.startswith("-") else key
+        """`-c name=value` items of the options startup parameter: tracked parameters are taken, ignored ones
+        (ignore_startup_parameters; all unknown ones when it lists `options`) skipped, others refused."""
+        log.debug(f"{self.prefix()}received options: {value}")
+        tracked = {p.lower() for p in registry.cfg.list_setting("track_extra_parameters")}
+        for key, val in parse_options(value):
             lk = key.lower()
             if lk in CANONICAL:
                 self.vars[CANONICAL[lk]] = val
-            elif lk in (p.lower() for p in registry.cfg.list_setting("track_extra_parameters")):
-                self.vars[key] = val
-            elif lk in ignore:
+            elif lk in tracked:
+                self.vars[varcache.canonical_name(key)] = val
+            elif not key or lk in ignore or "options" in ignore:
+                log.debug(f"{self.prefix()}ignoring startup parameter from options: {key}={val}")
                 continue
             else:
+                log.warning(f"{self.prefix()}unsupported startup parameter in options: {key}={val}")
                 raise ProtocolError(f"unsupported startup parameter in options: {key}")
+            log.debug(f"{self.prefix()}got var from options: {key}={val}")
 
     def _find_database(self) -> None:
         cfg = registry.cfg

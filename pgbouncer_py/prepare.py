@@ -512,6 +512,8 @@ def server_data(server, data: bytes, client) -> None:
             name, value = parse_parameter_status(data[pos + 5:end])
             server.params[name] = value
             client.vars[name] = value
+            if log.verbose:
+                log.debug(f"{client.prefix()}setting client var: {name}='{value}'")
         elif t == 67 and kind != K_EXECUTE:                      # CommandComplete of a simple Query
             _command_tag(server, client, data[pos + 5:end])
         elif t == 69:                                            # ErrorResponse
