@@ -29,6 +29,7 @@ from pgbouncer_py.proto.scan import CLIENT_TYPES
 from pgbouncer_py.proto.scan import client_scan as _client_scan
 
 _unpack_len = struct.Struct("!I").unpack_from
+_LINK_FIRST = CLIENT_TYPES - {88}    # data that may take an idle server at once (not Terminate, not an unknown type)
 
 PH_STARTUP, PH_AUTH, PH_WAIT_LOGIN, PH_WORK, PH_CLOSED = range(5)
 
@@ -169,7 +170,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         try:
             if self.phase == PH_WORK and not self.admin:
                 server = self.link
-                if server is None and not self.pending and data[0] != 88:
+                if server is None and not self.pending and data[0] in _LINK_FIRST:
                     server = pooling.link_idle_fast(self)
                 if server is not None and not self.pending and server.internal_done is None:
                     self._forward(data, server)

@@ -393,8 +393,10 @@ def client_unlinked_by_close(client, server) -> None:
     if server.replication is not None:
         server.close("replication client disconnected")
         return
-    if server.ready and server.expect_rfq == 0 and server.internal_done is None and not server.tail \
-            and server.skip == 0 and not server.psq:
+    # query_start: the client sent work (say an extended-protocol batch without its Sync) that no ReadyForQuery
+    # has closed yet; PostgreSQL may be skipping to a Sync after an error, so the next client would hang
+    if server.ready and server.expect_rfq == 0 and not server.query_start and server.internal_done is None \
+            and not server.tail and server.skip == 0 and not server.psq:
         server.psq = None
         reset_server(server, client.pool_mode)
     else:

@@ -348,3 +348,23 @@ def test_unknown_message_type_while_waiting_for_a_server(pooler_factory, binary)
     assert c.is_closed(5)
     assert len(p.admin_dicts("SHOW SERVERS")) == 1
     holder.execute("commit")
+
+
+@BOTH
+@pytest.mark.parametrize("batch", [
+    rawpg.msg(b"P", b"\0sel ect\0\0\0") + rawpg.msg(b"H"),                # an error, then PostgreSQL skips to a Sync
+    rawpg.msg(b"H", b"x" * 10) + rawpg.msg(b"F", b"\0\0\0\1\0\0\0\0\0\0"),    # a malformed Flush, then a FunctionCall
+], ids=["parse-error", "flush-garbage"])
+def test_a_client_gone_in_the_middle_of_a_batch_takes_its_server_along(pooler_factory, batch, binary):
+    """Found while refusing unknown types: a server whose client left after extended-protocol messages without
+    their Sync was given to the next client, whose query then hung (PostgreSQL still skipping to a Sync)."""
+    p = pooler_factory.start({"pool_mode": "transaction", "default_pool_size": 1}, binary=binary)
+    c = rawpg.Conn(p.host, p.port)
+    c.login("md5user", "testdb", "md5pass")
+    c.send(batch)
+    assert c.read_msg()[0] == b"E"
+    c.reset()
+    p.wait_for_log(r"LOG S-\S+ testdb/md5user@\S+ closing because: client disconnect while server was not ready")
+    other = rawpg.Conn(p.host, p.port, timeout=5)          # a socket timeout, not a hang, if the server is stuck
+    other.login("md5user", "testdb", "md5pass")
+    assert [m[0] for m in other.simple_query("select 1")] == [b"T", b"D", b"C", b"Z"]
