@@ -3,6 +3,7 @@
 never carry a NUL, and the one spelling of a tracked parameter name."""
 
 import pytest
+from test_varcache import Cfg
 
 from pgbouncer_py import varcache
 from pgbouncer_py.proto import build
@@ -85,15 +86,6 @@ def test_canonical_parameter_names(name, canonical):
     assert varcache.canonical_name(name) == canonical
 
 
-class _Cfg:
-    def __init__(self, extra: str):
-        self.extra = extra
-
-    def list_setting(self, key):
-        assert key == "track_extra_parameters"
-        return [p.strip() for p in self.extra.split(",") if p.strip()]
-
-
 def test_tracked_names_take_postgresql_spelling_once():
-    names = varcache.tracked_params(_Cfg("intervalstyle, INTERVALSTYLE, Search_Path, datestyle"))
+    names = varcache.tracked_params(Cfg("intervalstyle, INTERVALSTYLE, Search_Path, datestyle"))
     assert names == varcache.TRACKED_PARAMS + ("IntervalStyle", "search_path")
