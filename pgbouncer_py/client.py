@@ -24,10 +24,12 @@ from pgbouncer_py.objects import (
 )
 from pgbouncer_py.proto import build, sql
 from pgbouncer_py.proto import constants as C
-from pgbouncer_py.proto.messages import MessageReader, ProtocolError, parse_startup_packet
+from pgbouncer_py.proto.messages import MessageReader, ProtocolError, parse_options, parse_startup_packet
+from pgbouncer_py.proto.scan import CLIENT_TYPES
 from pgbouncer_py.proto.scan import client_scan as _client_scan
 
 _unpack_len = struct.Struct("!I").unpack_from
+_LINK_FIRST = CLIENT_TYPES - {88}    # data that may take an idle server at once (not Terminate, not an unknown type)
 
 PH_STARTUP, PH_AUTH, PH_WAIT_LOGIN, PH_WORK, PH_CLOSED = range(5)
 
@@ -172,7 +174,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         try:
             if self.phase == PH_WORK and not self.admin:
                 server = self.link
-                if server is None and not self.pending and data[0] != 88:
+                if server is None and not self.pending and data[0] in _LINK_FIRST:
                     server = pooling.link_idle_fast(self)
                 if server is not None and not self.pending and server.internal_done is None:
                     self._forward(data, server)
@@ -224,8 +226,9 @@ class Client(LinkedFlow, asyncio.Protocol):
         flags = self.ps | (self.no_pqexec << 1)
         while True:
             # the walk (compiled when built) steps over what is routine, counting Query/Sync; it stops at
-            # what needs a look here: Terminate, a bad length, a Query that disable_pqexec refuses or that
-            # may be SQL PREPARE/EXECUTE/DEALLOCATE, Parse/Bind/Describe/Close that may name a statement
+            # what needs a look here: Terminate, a bad length, an unknown type, a Query that disable_pqexec
+            # refuses or that may be SQL PREPARE/EXECUTE/DEALLOCATE, Parse/Bind/Describe/Close that may name
+            # a statement
             pos, syncs, work = _client_scan(data, pos, self._max_packet, flags)
             if work and not server.query_start:
                 _start_clock(server)
@@ -238,6 +241,11 @@ class Client(LinkedFlow, asyncio.Protocol):
                 if pos:
                     server.transport.write(data[:pos])
                 self.close("client close request")
+                return
+            if t not in CLIENT_TYPES:
+                if pos:
+                    server.transport.write(data[:pos])
+                self.unknown_packet(data[pos:pos + 8])
                 return
             if t == 81:
                 if self.no_pqexec:
@@ -286,13 +294,31 @@ class Client(LinkedFlow, asyncio.Protocol):
             pooling.activate_client(self)
 
     def _pending_has_work(self) -> bool:
-        """A lone Terminate needs no server."""
+        """A lone Terminate needs no server; a message type the pooler does not know is refused before one is
+        taken for it (as PgBouncer does)."""
         p = self.pending
         if len(p) >= 5 and p[0] == 88:
             self.pending.clear()
             self.close("client close request")
             return False
+        pos = _client_scan(p, 0, self._max_packet, 0)[0]
+        if pos + 5 <= len(p) and p[pos] not in CLIENT_TYPES:
+            header = bytes(p[pos:pos + 8])
+            p.clear()
+            self.unknown_packet(header)
+            return False
         return True
+
+    def unknown_packet(self, header: bytes) -> None:
+        """After login, a frontend message of a type the pooler does not know (`header`: its first bytes):
+        PgBouncer's error, never forwarded (PostgreSQL would end the pooled backend for it). Type 0 is what
+        PgBouncer reads as a startup packet's length: a bad header."""
+        t = header[0]
+        if t == 0:
+            self.close(f"bad packet header: '{header.hex()}'", send_error=True)
+            return
+        log.error(f"{self.prefix()}unknown pkt from client: {t}/0x{t:x}")
+        self.close("unknown pkt", send_error=True)
 
     def link_ready(self) -> None:
         """Called by the pool once the linked server is ready for this client's data."""
@@ -454,10 +480,11 @@ class Client(LinkedFlow, asyncio.Protocol):
                     self._startup_options(value, ignore)
                 # a replication client's options go verbatim to its own server (replication_options)
             elif lk in (p.lower() for p in cfg.list_setting("track_extra_parameters")):
-                self.vars[key] = value
+                self.vars[varcache.canonical_name(key)] = value
             elif key.startswith("_pq_."):
                 unsupported_minor.append(key)
             elif lk in ignore:
+                log.debug(f"{self.prefix()}ignoring startup parameter: {key}={value}")
                 continue
             else:
                 raise ProtocolError(f"unsupported startup parameter: {key}")
@@ -483,36 +510,23 @@ class Client(LinkedFlow, asyncio.Protocol):
         return None
 
     def _startup_options(self, value: str, ignore: set[str]) -> None:
-        tokens = value.split()
-        i = 0
-        while i < len(tokens):
-            t = tokens[i]
-            if t == "-c" and i + 1 < len(tokens):
-                kv = tokens[i + 1]
-                i += 2
-            elif t.startswith("-c") and len(t) > 2:
-                kv = t[2:]
-                i += 1
-            elif t.startswith("--") and "=" in t:
-                kv = t[2:]
-                i += 1
-            else:
-                raise ProtocolError("unsupported options startup parameter: only '-c config=val' and "
-                                    "'--config=val' are allowed")
-            if "=" not in kv:
-                raise ProtocolError("unsupported options startup parameter: only '-c config=val' and "
-                                    "'--config=val' are allowed")
-            key, val = kv.split("=", 1)
-            key = key.replace("-", "_") if key.startswith("-") else key
+        """`-c name=value` items of the options startup parameter: tracked parameters are taken, ignored ones
+        (ignore_startup_parameters; all unknown ones when it lists `options`) skipped, others refused."""
+        log.debug(f"{self.prefix()}received options: {value}")
+        tracked = {p.lower() for p in registry.cfg.list_setting("track_extra_parameters")}
+        for key, val in parse_options(value):
             lk = key.lower()
             if lk in CANONICAL:
                 self.vars[CANONICAL[lk]] = val
-            elif lk in (p.lower() for p in registry.cfg.list_setting("track_extra_parameters")):
-                self.vars[key] = val
-            elif lk in ignore:
+            elif lk in tracked:
+                self.vars[varcache.canonical_name(key)] = val
+            elif not key or lk in ignore or "options" in ignore:
+                log.debug(f"{self.prefix()}ignoring startup parameter from options: {key}={val}")
                 continue
             else:
+                log.warning(f"{self.prefix()}unsupported startup parameter in options: {key}={val}")
                 raise ProtocolError(f"unsupported startup parameter in options: {key}")
+            log.debug(f"{self.prefix()}got var from options: {key}={val}")
 
     def _find_database(self) -> None:
         cfg = registry.cfg
@@ -535,8 +549,10 @@ class Client(LinkedFlow, asyncio.Protocol):
         if not self.admin:
             if registry.total_clients > cfg.max_client_conn:
                 raise ProtocolError("no more connections allowed (max_client_conn)")
-            if registry.shutting_down and not (registry.main and registry.main.wait_for_clients):
-                # WAIT_FOR_CLIENTS stopped accepting: whoever got in before that is served
+            main = registry.main
+            if registry.shutting_down and (not main.wait_for_clients or self.is_unix and self.created >= main.shutdown_at):
+                # WAIT_FOR_CLIENTS: whoever got in before it is served (and what so_reuseport's accept queue still
+                # held); after it the unix socket is open for console logins only
                 raise ProtocolError("pooler is shutting down")
         if not db.fake:
             limit = db.setting("max_db_client_connections", cfg.max_db_client_connections)
@@ -793,6 +809,7 @@ def _peer_for_key(key: bytes):
 
 
 async def _forward_cancel_to_peer(peer, key: bytes) -> None:
+    next(registry.socket_ids)       # the connection to the peer is a socket of its own: PgBouncer numbers it too
     w = None
     try:
         if peer.host and not peer.host.startswith("/"):
@@ -811,7 +828,15 @@ async def _forward_cancel_to_peer(peer, key: bytes) -> None:
             w.close()
 
 
-async def _send_cancel(server) -> None:
+def _send_cancel(server):
+    """The cancel request for a server's backend, to await. Until it has landed the server is not handed to
+    another client (pooling.server_available), so a late cancel never hits the next client's query."""
+    server.cancels += 1
+    next(registry.socket_ids)       # the cancel connection is a server socket of its own: PgBouncer numbers it too
+    return _cancel_connection(server)
+
+
+async def _cancel_connection(server) -> None:
     """Open a new connection to the server's PostgreSQL, send its backend key, wait until PostgreSQL closes."""
     w = None
     try:
@@ -829,3 +854,6 @@ async def _send_cancel(server) -> None:
     finally:
         if w is not None:
             w.close()
+        server.cancels -= 1
+        if not server.cancels:
+            pooling.cancel_landed(server)

@@ -53,6 +53,7 @@ class Janitor:
                 if now - c.created > cfg.client_login_timeout:
                     c.close("client_login_timeout", send_error=True)
         self.user_overrides = any(u.conf is not None for u in registry.users.values())
+        self.forced_user_pools(cfg)
         for pool in list(registry.pools.values()):
             self.visit_pool(pool, now, cfg)
         self.idle_pools(now, cfg)
@@ -64,6 +65,15 @@ class Janitor:
         control.janitor_tick(now)
         if registry.main is not None:
             registry.main.janitor_tick(now)
+
+    def forced_user_pools(self, cfg) -> None:
+        """A database with a forced user and a min_pool_size has its pool without waiting for a client: it is
+        created here and filled below (idle_servers), as PgBouncer does."""
+        for db in list(registry.databases.values()):
+            user = db.forced_user
+            if user is not None and not db.admin and (db.name, user.name) not in registry.pools and \
+                    db.setting("min_pool_size", cfg.min_pool_size) > 0:
+                registry.get_pool(db, user)
 
     # --- one pool ---
     def visit_pool(self, pool, now: float, cfg) -> None:
@@ -169,7 +179,8 @@ class Janitor:
                 s.close("server idle timeout")
             elif lifetime and now - s.created > lifetime:
                 s.close("server lifetime over")
-        if min_size and pool.server_count() < min_size and pool.welcome_params is not None \
+        if min_size and pool.server_count() < min_size and (pool.welcome_params is not None or
+                                                             pool.user is db.forced_user) \
                 and not db.paused and not registry.paused:
             if pooling.launch_new_connection(pool, force=True):
                 log.debug(f"launching new connection to satisfy min_pool_size for {db.name}/{pool.user.name}")

@@ -6,8 +6,9 @@ import resource
 import signal
 import ssl
 import sys
+import time
 
-from pgbouncer_py import VERSION_STRING, pooling
+from pgbouncer_py import VERSION_STRING, pooling, prepare
 from pgbouncer_py.auth import login
 from pgbouncer_py.client import Client
 from pgbouncer_py.config import ConfigError, load_config
@@ -86,6 +87,7 @@ class Pooler:
         self.janitor = Janitor()
         self.done: asyncio.Future | None = None
         self.shutdown_mode = None
+        self.shutdown_at = 0.0          # monotonic time of SHUTDOWN WAIT_FOR_* (or its signal)
         self.wait_for_clients = False
         self.auth_file_stat = None
         self.exit_code = 0
@@ -102,13 +104,15 @@ class Pooler:
         login.load_auth_files(cfg, startup=old is None)
         self._apply_users(cfg)
         self._apply_databases(cfg)
+        if old is not None:
+            prepare.config_changed(old, cfg)
         self.tls_error = None
         try:
             if tls.configure(cfg) and old is not None:
                 tls_recycle_servers()
         except tls.TlsConfigError as e:
             self.tls_error = str(e)
-            log.error(f"TLS setup failed: {e}")
+            log.error(str(e) if isinstance(e, tls.TlsSettingError) else f"TLS setup failed: {e}")
 
     def _load_auth_file(self, cfg, force: bool) -> None:
         if not cfg.auth_file:
@@ -216,7 +220,7 @@ class Pooler:
         log.reopen()
         self.apply_config(new)
         if self.tls_error:
-            log.warning("TLS configuration could not be reloaded, keeping old configuration")
+            log.error("TLS configuration could not be reloaded, keeping old configuration")
         return True
 
     # --- lifecycle ---
@@ -233,7 +237,7 @@ class Pooler:
             log.fatal("TLS setup failed")
             return 1
         if self.tls_error:
-            log.fatal(f"TLS setup failed: {self.tls_error}")
+            log.fatal("TLS setup failed")       # the reason is on the ERROR line before, as PgBouncer logs it
             return 1
         self._log_fd_limit()
         if self.cfg.so_reuseport:
@@ -345,10 +349,12 @@ class Pooler:
                 self.done.set_result(None)
             return
         self.shutdown_mode = mode
+        self.shutdown_at = time.monotonic()
         registry.shutting_down = True
         self.wait_for_clients = mode == "wait_for_clients"
         for lst in self.listeners:
-            if mode == "wait_for_clients" or not lst.unix:
+            # the unix socket stays open, for console logins only (client._find_database refuses the others)
+            if not lst.unix:
                 if lst.server is not None:
                     if self.cfg.so_reuseport and not lst.unix:
                         # connections already queued on our socket would be reset by close(): take them
@@ -379,6 +385,7 @@ class Pooler:
                     s.close("pooler is shutting down")
             busy = any(p.active_servers or p.tested_servers or p.login_servers for p in registry.pools.values())
             if not busy:
+                log.info("server connections dropped, exiting")
                 self.done.set_result(None)
         elif mode == "wait_for_clients":
             clients = sum(p.client_count() for p in registry.pools.values() if not p.db.admin)

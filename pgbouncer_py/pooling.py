@@ -9,6 +9,7 @@ from pgbouncer_py.objects import (
     CL_WAITING,
     CL_WAITING_LOGIN,
     SV_ACTIVE,
+    SV_BEING_CANCELED,
     SV_IDLE,
     SV_LOGIN,
     SV_TESTED,
@@ -149,6 +150,9 @@ def launch_new_connection(pool, *, force: bool = False) -> bool:
 def activate_client(client) -> None:
     """The client has a query to run and no server: link an idle one or queue the client."""
     pool = client.pool
+    if registry.shutting_down and registry.main.shutdown_mode == "wait_for_servers":
+        client.close("server shutting down", send_error=True)     # SHUTDOWN WAIT_FOR_SERVERS gives out no server
+        return
     if pool.db.paused or registry.paused or registry.suspended:
         _queue(client)
         return
@@ -334,6 +338,9 @@ def server_available(server) -> None:
     if not server.ready:
         server.close("server not ready at release")
         return
+    if server.cancels:
+        set_server_state(server, SV_BEING_CANCELED)    # a cancel request is still on its way to this backend
+        return
     pool = server.pool
     db = pool.db
     if server.close_needed or db.dirty:
@@ -358,6 +365,13 @@ def server_available(server) -> None:
                 link(client, server)
                 return
     set_server_state(server, SV_IDLE, now)
+
+
+def cancel_landed(server) -> None:
+    """The last cancel request for the server's backend has been delivered: if the server waited for it
+    (being_canceled), it can now go to the next client."""
+    if server.state == SV_BEING_CANCELED and not server.closed:
+        server_available(server)
 
 
 def is_stale(server) -> bool:
@@ -444,8 +458,10 @@ def client_unlinked_by_close(client, server) -> None:
     if server.replication is not None:
         server.close("replication client was closed")
         return
-    if server.ready and server.expect_rfq == 0 and server.internal_done is None and not server.tail \
-            and server.skip == 0 and not server.psq:
+    # query_start: the client sent work (say an extended-protocol batch without its Sync) that no ReadyForQuery
+    # has closed yet; PostgreSQL may be skipping to a Sync after an error, so the next client would hang
+    if server.ready and server.expect_rfq == 0 and not server.query_start and server.internal_done is None \
+            and not server.tail and server.skip == 0 and not server.psq:
         server.psq = None
         reset_server(server, client.pool_mode)
     else:

@@ -212,7 +212,19 @@ def deactivate(server, client) -> None:
     """The server goes back to the pool (its queue is empty): the next link period starts untracked."""
     server.psq = None
     if client is not None and client.ps == PS_ACTIVE:
-        client.ps = PS_ON
+        client.ps = PS_ON if registry.cfg.max_prepared_statements > 0 else PS_OFF
+
+
+def config_changed(old, new) -> None:
+    """max_prepared_statements changed at run time (SET, RELOAD): connected clients start or stop rewriting
+    statement names at once, as with PgBouncer (a client in the middle of a tracked transaction switches when
+    that transaction ends: its server's queue of expected answers must run out first)."""
+    if (old.max_prepared_statements > 0) == (new.max_prepared_statements > 0):
+        return
+    for pool in list(registry.pools.values()):
+        for client in pool.all_clients():
+            if client.ps != PS_ACTIVE:
+                client.ps = enabled_for(client)
 
 
 # --- the server's LRU ---
@@ -331,6 +343,10 @@ def client_data(client, data: bytes, server) -> None:
             elif t == 88:                                       # Terminate
                 _write(server, out, data, start, pos)
                 client.close("client close request")
+                return
+            elif t not in scan.CLIENT_TYPES:                    # never forwarded
+                _write(server, out, data, start, pos)
+                client.unknown_packet(data[pos:pos + 8])
                 return
             pos = end
     except PacketError as e:
@@ -496,6 +512,8 @@ def server_data(server, data: bytes, client) -> None:
             name, value = parse_parameter_status(data[pos + 5:end])
             server.params[name] = value
             client.vars[name] = value
+            if log.verbose:
+                log.debug(f"{client.prefix()}setting client var: {name}='{value}'")
         elif t == 67 and kind != K_EXECUTE:                      # CommandComplete of a simple Query
             _command_tag(server, client, data[pos + 5:end])
         elif t == 69:                                            # ErrorResponse

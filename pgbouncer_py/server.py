@@ -81,6 +81,8 @@ class Server(LinkedFlow, asyncio.Protocol):
         self.replication = None         # "physical"/"logical": a dedicated server of one replication client
         self.replication_client = None  # that client, until the server is linked to it
         self.last_rfq = 0.0             # monotonic time of the last ReadyForQuery (idle_transaction_timeout)
+        self.id = next(registry.socket_ids)    # SHOW SERVERS `id`: one counter with the clients, creation order
+        self.cancels = 0                # cancel requests on their way to this backend (not reused before they land)
 
     @property
     def closed(self) -> bool:
@@ -280,7 +282,9 @@ class Server(LinkedFlow, asyncio.Protocol):
             elif t == 83:                    # 'S' ParameterStatus
                 name, value = parse_parameter_status(data[pos + 5:end])
                 self.params[name] = value
-                client.vars[name] = value
+                client.vars[name] = value    # the server's spelling of the value becomes the client's
+                if log.verbose:
+                    log.debug(f"{client.prefix()}setting client var: {name}='{value}'")
             else:                            # 'C' of 16/19 bytes (the scan stops at no other): DEALLOCATE/DISCARD ALL?
                 prepare.command_complete_hot(self, client, data, pos, end)
             pos = end
@@ -466,6 +470,8 @@ class Server(LinkedFlow, asyncio.Protocol):
         if mtype == C.B_PARAMETER_STATUS:
             name, value = parse_parameter_status(body)
             self.params[name] = value
+            if self.setting_vars and self.link is not None and log.verbose:    # pooling._vars_applied adopts it
+                log.debug(f"{self.link.prefix()}setting client var: {name}='{value}'")
             return
         if self.internal_done is not None:
             if mtype == C.B_ERROR:

@@ -111,12 +111,29 @@ def flushed() -> bool:
 
 
 def _key_int(key: bytes) -> int:
-    # PgBouncer prints the 8 key bytes copied into a native (little-endian here) 64-bit integer
-    return struct.unpack("<q", key[:8].ljust(8, b"\0"))[0] if key else 0
+    # SHOW FDS `cancel`: the 8 key bytes (a server's: BackendKeyData pid + key) read as a big-endian int8, as
+    # PgBouncer 1.24 prints them
+    return struct.unpack(">q", key[:8].ljust(8, b"\0"))[0] if key else 0
+
+
+def _key_bytes(value) -> bytes:
+    """The 8 key bytes back from a `cancel` column (signed or unsigned text)."""
+    return (int(value or 0) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
 
 
 def _b64(v) -> str | None:
     return base64.b64encode(v).decode() if v else None
+
+
+def _bytea(v: bytes | None) -> str | None:
+    """SHOW FDS scram_client_key / scram_server_key: bytea in PostgreSQL's hex text form, as PgBouncer sends."""
+    return "\\x" + v.hex() if v else None
+
+
+def _from_bytea(text) -> bytes | None:
+    if not text:
+        return None
+    return bytes.fromhex(text[2:]) if text.startswith("\\x") else base64.b64decode(text)
 
 
 def fds_rows() -> list[tuple[int, list]]:
@@ -139,8 +156,8 @@ def fds_rows() -> list[tuple[int, list]]:
         rows.append((fd, [fd, "client", c.username, c.dbname, c.addr, c.port, _key_int(c.cancel_key), link,
                           c.vars.get("client_encoding"), c.vars.get("standard_conforming_strings"),
                           c.vars.get("DateStyle"), c.vars.get("TimeZone"),
-                          user.secret if user.dynamic else None, _b64(user.scram_client_key),
-                          _b64(user.scram_server_key)]))
+                          user.secret if user.dynamic else None, _bytea(user.scram_client_key),
+                          _bytea(user.scram_server_key)]))
     for s in servers:
         fd = _sock_fd(s.transport)
         link = _sock_fd(s.link.transport) if s.link is not None else 0
@@ -149,8 +166,8 @@ def fds_rows() -> list[tuple[int, list]]:
                           _key_int(struct.pack("!I", s.backend_pid) + s.backend_key), link,
                           s.params.get("client_encoding"), s.params.get("standard_conforming_strings"),
                           s.params.get("DateStyle"), s.params.get("TimeZone"),
-                          user.secret if user.dynamic else None, _b64(user.scram_client_key),
-                          _b64(user.scram_server_key)]))
+                          user.secret if user.dynamic else None, _bytea(user.scram_client_key),
+                          _bytea(user.scram_server_key)]))
     return rows
 
 
@@ -524,10 +541,21 @@ def _apply_globals(g: dict) -> None:
             registry.get_pool(db, _user(p["user"], db)).welcome_params = p["welcome_params"]
 
 
+def _row_credentials(r: dict, name: str, db) -> None:
+    """What a SHOW FDS row says about its user: the SCRAM keys a pass-through login derived (needed for new
+    server logins) and an auth_query user's password (that database's)."""
+    user = _user(name, db)
+    if r.get("password") and user.dynamic:
+        user.secret = r["password"]
+    ck, sk = _from_bytea(r.get("scram_client_key")), _from_bytea(r.get("scram_server_key"))
+    if ck and sk and user.scram_client_key is None:
+        user.scram_client_key, user.scram_server_key = ck, sk
+
+
 def _server_from_row(fd: int, r: dict, st: dict | None, sock: socket.socket):
     from pgbouncer_py.server import PH_WORK, Server
     if st is None:       # from a C PgBouncer: only what SHOW FDS tells
-        key = struct.pack("<q", int(r["cancel"] or 0))
+        key = _key_bytes(r["cancel"])
         st = {"db": r["database"], "user": r["user"], "host": r["addr"], "port": int(r["port"] or 5432),
               "unix_path": None, "backend_pid": struct.unpack("!I", key[:4])[0], "backend_key": key[4:].hex(),
               "params": {k: v for k, v in (("client_encoding", r["client_encoding"]),
@@ -540,6 +568,7 @@ def _server_from_row(fd: int, r: dict, st: dict | None, sock: socket.socket):
     db = _database(st["db"])
     if db is None:
         return None
+    _row_credentials(r, st["user"], db)
     pool = registry.get_pool(db, _user(st["user"], db))
     s = Server(pool, st["host"], st["port"], st.get("unix_path"))
     s.phase = PH_WORK
@@ -563,8 +592,9 @@ def _server_from_row(fd: int, r: dict, st: dict | None, sock: socket.socket):
 def _client_from_row(fd: int, r: dict, st: dict | None, listeners):
     from pgbouncer_py.client import PH_WORK, Client
     if st is None:
+        _row_credentials(r, r["user"], _database(r["database"]))
         st = {"username": r["user"], "dbname": r["database"], "auth_user": r["user"], "pool_user": r["user"],
-              "state": CL_ACTIVE, "cancel_key": struct.pack("<q", int(r["cancel"] or 0)).hex(),
+              "state": CL_ACTIVE, "cancel_key": _key_bytes(r["cancel"]).hex(),
               "vars": {k: v for k, v in (("client_encoding", r["client_encoding"]),
                                          ("standard_conforming_strings", r["std_strings"]),
                                          ("DateStyle", r["datestyle"]), ("TimeZone", r["timezone"])) if v},

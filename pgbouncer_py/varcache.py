@@ -9,6 +9,16 @@ TRACKED_PARAMS = ("client_encoding", "DateStyle", "TimeZone", "standard_conformi
 _cache: tuple = (None, None, TRACKED_PARAMS)
 _versions = itertools.count(1)
 
+# PostgreSQL reports a parameter (ParameterStatus) under one spelling: these three with capitals, any other in
+# lower case. Tracked names are kept in that spelling, so that whatever case track_extra_parameters or a client
+# used (intervalstyle, INTERVALSTYLE), the client's value and the server's report land under one key.
+_PG_SPELLING = {n.lower(): n for n in ("DateStyle", "IntervalStyle", "TimeZone")}
+
+
+def canonical_name(name: str) -> str:
+    low = name.lower()
+    return _PG_SPELLING.get(low, low)
+
 
 class Values(dict):
     """Parameter name -> value (a client's vars, a server's params) that takes a new, never reused version number
@@ -77,8 +87,12 @@ def tracked_params(cfg) -> tuple[str, ...]:
     global _cache
     if _cache[0] is cfg and _cache[1] is not None:
         return _cache[2]
-    extra = tuple(p for p in cfg.list_setting("track_extra_parameters") if p not in TRACKED_PARAMS)
-    names = TRACKED_PARAMS + extra
+    extra = []
+    for p in cfg.list_setting("track_extra_parameters"):
+        name = canonical_name(p)
+        if name not in TRACKED_PARAMS and name not in extra:
+            extra.append(name)
+    names = TRACKED_PARAMS + tuple(extra)
     _cache = (cfg, True, names)
     return names
 

@@ -1,6 +1,7 @@
 """The admin console (virtual database 'pgbouncer'): command parsing, access rules and dispatch."""
 
 import re
+import struct
 
 from pgbouncer_py import PGBOUNCER_VERSION
 from pgbouncer_py.log import log
@@ -8,6 +9,7 @@ from pgbouncer_py.objects import registry
 from pgbouncer_py.proto import build
 from pgbouncer_py.proto import constants as C
 from pgbouncer_py.proto.messages import ProtocolError, parse_query
+from pgbouncer_py.proto.scan import CLIENT_TYPES
 
 WELCOME_PARAMS = (("server_version", f"{PGBOUNCER_VERSION}/bouncer"), ("client_encoding", "UTF8"),
                   ("server_encoding", "UTF8"), ("DateStyle", "ISO"), ("TimeZone", "GMT"),
@@ -21,6 +23,8 @@ _SHUTDOWN_RE = re.compile(r"^\s*shutdown(?:\s+(wait_for_servers|wait_for_clients
 # pgbouncer-py extension (docs/extensions.md): PAUSE [db] TIMEOUT seconds [FORCE]
 _PAUSE_TIMEOUT_RE = re.compile(rf"^\s*pause(?:\s+({_WORD}))?\s+timeout\s+([0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
                                r"(?:\s+(force))?\s*(?:;\s*)?$", re.IGNORECASE)
+
+_NOT_FOR_CONSOLE = frozenset(b"Fdcf")    # FunctionCall and COPY messages: an ERROR, then "bad packet" (PgBouncer's)
 
 FAKE_SHOW = {"client_encoding": "UTF-8", "default_transaction_isolation": "read committed",
              "standard_conforming_strings": "on", "datestyle": "ISO", "timezone": "GMT"}
@@ -69,6 +73,14 @@ class Console:
     def message(self, mtype: int, body: bytes) -> None:
         if mtype == C.Q_TERMINATE:
             self.client.close("client close request")
+            return
+        if mtype not in CLIENT_TYPES:
+            self.client.unknown_packet(bytes((mtype,)) + struct.pack("!I", len(body) + 4) + body[:3])
+            return
+        if mtype in _NOT_FOR_CONSOLE:
+            self.send_error(f"unsupported packet type for admin console: {mtype}")
+            self.send(build.ready_for_query(b"I"))
+            self.client.close("bad packet", send_error=True)
             return
         if self.deferred:
             self.held.append((mtype, body))   # answered in order once the deferred command is done

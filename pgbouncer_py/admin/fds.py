@@ -10,8 +10,8 @@ from pgbouncer_py.log import log
 from pgbouncer_py.objects import registry
 from pgbouncer_py.proto import build
 
-TEXT, INT4, INT8 = 25, 23, 20
-_FDS_TYPES = (INT4, TEXT, TEXT, TEXT, TEXT, INT4, INT8, INT4, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT)
+TEXT, INT4, INT8, BYTEA = 25, 23, 20, 17
+_FDS_TYPES = (INT4, TEXT, TEXT, TEXT, TEXT, INT4, INT8, INT4, TEXT, TEXT, TEXT, TEXT, TEXT, BYTEA, BYTEA)
 
 
 def _can_pass_fds(client) -> bool:

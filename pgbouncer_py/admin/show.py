@@ -123,11 +123,9 @@ def all_servers():
 
 
 def socket_id(obj) -> int:
-    """The small integer shown in the `id` column (assigned on first sight for servers)."""
-    i = getattr(obj, "id", None)
-    if i is None:
-        i = obj.id = next(registry.socket_ids)
-    return i
+    """The small integer shown in the `id` column: clients and servers take it from one counter when their
+    socket is created (registry.socket_ids), so ids show creation order, as PgBouncer's do."""
+    return obj.id
 
 
 def ptr(obj) -> str:
@@ -195,7 +193,7 @@ def show_totals(console, arg):
 def client_row(c, now: float, sockets: bool = False) -> list:
     pool = c.pool
     if pool is not None:
-        user = pool.user.name if c.admin else (c.user.name if c.user is not None else c.username)
+        user = c.username if c.admin else (c.user.name if c.user is not None else c.username)   # console: login name
         dbname = pool.db.name
     else:
         user, dbname = c.username or None, c.dbname or None

@@ -40,7 +40,11 @@ _OAKLEY2_P = int(
 
 
 class TlsConfigError(Exception):
-    """The *_tls_* settings cannot be turned into a working TLS configuration."""
+    """The *_tls_* settings cannot be turned into a working TLS configuration (logged "TLS setup failed: ...")."""
+
+
+class TlsSettingError(TlsConfigError):
+    """A *_tls_* value that is not valid at all ("invalid client_tls_ciphers: X", logged as is, like PgBouncer)."""
 
 
 # --- parsing the settings (pure) ---
@@ -57,7 +61,7 @@ def parse_protocols(spec: str) -> set:
         elif word in _PROTOCOLS:
             versions = {_PROTOCOLS[word]}
         else:
-            raise TlsConfigError(f"invalid tls protocol: {word}")
+            raise TlsSettingError(f"invalid tls protocol: {word}")
         if sign == "+":
             result |= versions
         else:
@@ -104,12 +108,12 @@ def _ctx_ptr(ctx: ssl.SSLContext) -> int:
     return ptr
 
 
-def _set_tls13(ctx: ssl.SSLContext, spec: str, name: str) -> None:
+def _set_tls13(ctx: ssl.SSLContext, spec: str) -> None:
     suites = tls13_suites(spec)
     if suites is None:
         return
     if not _libssl_call(ctx, "set_ciphersuites", suites):
-        raise TlsConfigError(f"invalid {name}: {spec}")
+        raise TlsConfigError("failed to set the TLSv1.3 cipher suites")      # PgBouncer 1.25's words
 
 
 def _libssl_call(ctx, what: str, arg) -> int:
@@ -137,8 +141,8 @@ def _apply_common(ctx: ssl.SSLContext, cfg, side: str) -> None:
     try:
         ctx.set_ciphers(cipher_string(ciphers))
     except ssl.SSLError:
-        raise TlsConfigError(f"invalid {side}_tls_ciphers: {ciphers}") from None
-    _set_tls13(ctx, cfg.get(f"{side}_tls13_ciphers"), f"{side}_tls13_ciphers")
+        raise TlsSettingError(f"invalid {side}_tls_ciphers: {ciphers}") from None
+    _set_tls13(ctx, cfg.get(f"{side}_tls13_ciphers"))
 
 
 def _load(what: str, fn, *paths) -> None:
@@ -161,9 +165,9 @@ def _set_curves(ctx: ssl.SSLContext, spec: str) -> None:
             ctx.set_ecdh_curve(groups)
             return
         except (ValueError, ssl.SSLError):
-            raise TlsConfigError(f"invalid client_tls_ecdhcurve: {spec}") from None
+            raise TlsSettingError(f"invalid client_tls_ecdhcurve: {spec}") from None
     if not _libssl_call(ctx, "groups", groups):
-        raise TlsConfigError(f"invalid client_tls_ecdhcurve: {spec}")
+        raise TlsSettingError(f"invalid client_tls_ecdhcurve: {spec}")
 
 
 def _set_dh(ctx: ssl.SSLContext, spec: str) -> None:
@@ -174,7 +178,7 @@ def _set_dh(ctx: ssl.SSLContext, spec: str) -> None:
         _libssl_call(ctx, "dh_auto", None)
         return
     if spec != "legacy":
-        raise TlsConfigError(f"invalid client_tls_dheparams: {spec} (none, auto or legacy)")
+        raise TlsSettingError(f"invalid client_tls_dheparams: {spec} (none, auto or legacy)")
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import dh
     pem = dh.DHParameterNumbers(_OAKLEY2_P, 2).parameters().parameter_bytes(

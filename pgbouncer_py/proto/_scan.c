@@ -120,9 +120,10 @@ static Py_ssize_t unnamed_batch_end(const unsigned char *buf, Py_ssize_t n, Py_s
 
 /* client_scan(data, pos, max_packet, flags) -> (pos, syncs, work): walks client messages from pos, counting
  * Query/Sync (syncs) and noting whether any message is work for the server (work), and stops at what the
- * caller must look at itself: Terminate, a bad length, a Query under disable_pqexec or one that may be SQL
- * PREPARE/EXECUTE/DEALLOCATE, and (flags & CLIENT_PS) Parse/Bind/Describe/Close that are not a complete
- * unnamed batch. A complete unnamed batch counts as one Sync. */
+ * caller must look at itself: Terminate, a bad length, a type the pooler does not know (scan.CLIENT_TYPES),
+ * a Query under disable_pqexec or one that may be SQL PREPARE/EXECUTE/DEALLOCATE, and (flags & CLIENT_PS)
+ * Parse/Bind/Describe/Close that are not a complete unnamed batch. A complete unnamed batch counts as one
+ * Sync. */
 static PyObject *client_scan(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer view;
@@ -181,8 +182,13 @@ static PyObject *client_scan(PyObject *Py_UNUSED(self), PyObject *const *args, P
                 continue;
             }
             break;
-        default:
+        case 'H':
+        case 'd':
+        case 'c':
+        case 'f':
             break;
+        default:
+            goto out;       /* a type the pooler does not know: the caller refuses it */
         }
         pos += 1 + ln;
     }

@@ -17,12 +17,18 @@ def cstr(s: str | bytes) -> bytes:
     return s + b"\0"
 
 
+def _field(s: str) -> bytes:
+    """An error/notice field: a C string, so text from a client is cut at a NUL it may carry (a raw NUL would
+    end the field early and make the rest of the message garbage)."""
+    return s.encode().split(b"\0", 1)[0] + b"\0"
+
+
 def _fields(severity: str, sqlstate: str, message: str, detail: str | None, hint: str | None) -> bytes:
-    body = b"S" + cstr(severity) + b"V" + cstr(severity) + b"C" + cstr(sqlstate) + b"M" + cstr(message)
+    body = b"S" + cstr(severity) + b"V" + cstr(severity) + b"C" + cstr(sqlstate) + b"M" + _field(message)
     if detail:
-        body += b"D" + cstr(detail)
+        body += b"D" + _field(detail)
     if hint:
-        body += b"H" + cstr(hint)
+        body += b"H" + _field(hint)
     return body + b"\0"
 
 

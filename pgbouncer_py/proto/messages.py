@@ -58,6 +58,43 @@ def parse_startup_packet(pkt: bytes) -> tuple[int, dict[str, str] | tuple[int, i
     return code, params
 
 
+OPTIONS_SYNTAX = "unsupported options startup parameter: only '-c config=val' and '--config=val' are allowed"
+
+
+def parse_options(text: str):
+    """The `options` startup parameter, read as PgBouncer 1.24 reads it: items `-c name=value`, `-cname=value` or
+    `--name=value`, separated by one or more spaces (only spaces; leading ones are skipped, a trailing one is an
+    error); in a value a backslash takes the next character as is (so `\\ ` is a space inside it, a final lone
+    backslash is dropped). Yields (name, value) in order, so the caller can act on each before a later error;
+    a malformed item raises ProtocolError(OPTIONS_SYNTAX)."""
+    pos, n = 0, len(text)
+    while pos < n:
+        while pos < n and text[pos] == " ":
+            pos += 1
+        if text.startswith("-c", pos):
+            pos += 2
+            while pos < n and text[pos] == " ":
+                pos += 1
+        elif text.startswith("--", pos):
+            pos += 2
+        else:
+            raise ProtocolError(OPTIONS_SYNTAX)
+        eq = text.find("=", pos)
+        if eq < 0:
+            raise ProtocolError(OPTIONS_SYNTAX)
+        name = text[pos:eq]
+        pos = eq + 1
+        value = []
+        while pos < n and text[pos] != " ":
+            if text[pos] == "\\":
+                pos += 1
+                if pos == n:
+                    break
+            value.append(text[pos])
+            pos += 1
+        yield name, "".join(value)
+
+
 def parse_error_fields(body: bytes) -> dict[str, str]:
     """Fields of an ErrorResponse/NoticeResponse body, keyed by their one-letter code."""
     fields: dict[str, str] = {}
@@ -106,9 +143,12 @@ def parse_password(body: bytes) -> str:
 
 
 def parse_query(body: bytes) -> str:
-    if not body or body[-1] != 0:
-        raise ProtocolError("malformed query packet")
-    return body[:-1].decode("utf-8", "replace")
+    """A Query's text up to its first NUL, as PgBouncer reads it (what follows is ignored); no NUL at all is an
+    incomplete query."""
+    end = body.find(b"\0")
+    if end < 0:
+        raise ProtocolError("incomplete query")
+    return body[:end].decode("utf-8", "replace")
 
 
 def parse_command_tag(body: bytes) -> str:

@@ -11,6 +11,11 @@ _unpack_len = struct.Struct("!I").unpack_from
 CLIENT_PS = 1           # prepared statements are tracked on this link (prepare.PS_ON)
 CLIENT_NO_PQEXEC = 2    # disable_pqexec: every Query is the caller's business
 
+# the frontend message types a logged-in client may send, as PgBouncer knows them: Query, FunctionCall, the
+# extended protocol, COPY, Terminate. Any other type is refused by the pooler, never forwarded to PostgreSQL.
+CLIENT_TYPES = frozenset(b"QFPBDECSHdcfX")
+_PASS = frozenset(b"CHdcf")     # known types the walk steps over without a look (Close only when untracked)
+
 
 def server_scan(data, pos: int) -> int:
     """Offset of the first ReadyForQuery, ParameterStatus or 16/19-byte CommandComplete (maybe DEALLOCATE ALL
@@ -58,9 +63,9 @@ def unnamed_batch_end(data, pos: int, max_packet: int, might_be_sql=None) -> int
 
 def client_scan(data, pos: int, max_packet: int, flags: int) -> tuple[int, int, int]:
     """Walk client messages from pos: (where it stopped, Query/Sync count, 1 when any message is work for the
-    server). It stops at what the caller must look at itself: Terminate, a bad length, a Query under
-    disable_pqexec or one that may be SQL PREPARE/EXECUTE/DEALLOCATE, and with CLIENT_PS Parse/Bind/Describe/
-    Close that are not a complete unnamed batch (such a batch counts as one Sync)."""
+    server). It stops at what the caller must look at itself: Terminate, a bad length, a type not in
+    CLIENT_TYPES, a Query under disable_pqexec or one that may be SQL PREPARE/EXECUTE/DEALLOCATE, and with
+    CLIENT_PS Parse/Bind/Describe/Close that are not a complete unnamed batch (such a batch counts as one Sync)."""
     n = len(data)
     syncs = work = 0
     ps = flags & CLIENT_PS
@@ -88,6 +93,8 @@ def client_scan(data, pos: int, max_packet: int, flags: int) -> tuple[int, int, 
                 syncs += 1
                 pos = end
                 continue
+        elif t not in _PASS:
+            break               # a type the pooler does not know: the caller refuses it
         pos += 1 + ln
     return pos, syncs, work
 
