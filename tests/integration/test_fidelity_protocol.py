@@ -111,7 +111,11 @@ class SlowConnectProxy:
             dst.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
+        # shutdown first: a bare close() does not wake a pump thread blocked in recv(), and the connection to
+        # PostgreSQL would then stay open (a backend left behind for the tests that count backends)
         for s in self.socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 s.close()
 
