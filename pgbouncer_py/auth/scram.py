@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import secrets
@@ -163,12 +164,21 @@ def _saslname(user: str) -> bytes:
 
 
 def parse_scram_secret(text: str) -> ScramSecret | None:
-    """Parse 'SCRAM-SHA-256$<iter>:<b64 salt>$<b64 StoredKey>:<b64 ServerKey>'; None if it is not one."""
-    if not isinstance(text, str):
+    """Parse 'SCRAM-SHA-256$<iter>:<b64 salt>$<b64 StoredKey>:<b64 ServerKey>'; None if it is not one.
+
+    The last SECRET_CACHE_SIZE secrets are remembered (a ScramSecret is immutable, and a changed secret is another
+    string): a login asks for its user's secret more than once, and every login of that user asks again."""
+    if not isinstance(text, str) or not text.startswith(MECHANISM + "$"):
         return None
-    head, sep, rest = text.partition("$")
-    if not sep or head != MECHANISM:
-        return None
+    return _parse_scram_secret(text)
+
+
+SECRET_CACHE_SIZE = 256
+
+
+@functools.lru_cache(maxsize=SECRET_CACHE_SIZE)
+def _parse_scram_secret(text: str) -> ScramSecret | None:
+    rest = text[len(MECHANISM) + 1 :]
     params, sep, keys = rest.partition("$")
     if not sep:
         return None

@@ -329,6 +329,19 @@ def test_parse_scram_secret_malformed(text):
     assert parse_scram_secret(text) is None
 
 
+def test_parse_scram_secret_remembers_secrets_not_passwords():
+    """A login parses its user's secret more than once: the parsed secret is remembered (it is immutable), a
+    changed secret is parsed anew, and text that is no SCRAM secret (a plain password) is not kept."""
+    from pgbouncer_py.auth import scram
+
+    text, other = PG_SECRETS[0][1], PG_SECRETS[1][1]
+    first = parse_scram_secret(text)
+    assert parse_scram_secret(text) is first and parse_scram_secret(other) not in (None, first)
+    before = scram._parse_scram_secret.cache_info()
+    assert parse_scram_secret("a plain password") is None
+    assert scram._parse_scram_secret.cache_info().currsize == before.currsize
+
+
 # ---------------------------------------------------------------------------------------------
 # SASLprep details not covered by PG_SECRETS
 
