@@ -404,7 +404,10 @@ class PoolerGroup:
         clients = min(100, self.pool_size * self.procs)
         cmd = [self.cluster.bin("pgbench"), "-n", "-S", "-h", "127.0.0.1", "-p", str(self.port), "-U", DB_USER,
                "-c", str(clients), "-j", str(max(1, min(self.args.jobs, clients))), "-t", "5", DB_NAME]
-        out = subprocess.run(cmd, capture_output=True, text=True, env=client_env(), timeout=120)
+        env = client_env()
+        if self.args.callgrind:  # logins under valgrind take seconds when the pooler runs PBKDF2
+            env["PGCONNECT_TIMEOUT"] = "120"
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         if out.returncode:
             raise RuntimeError(f"warm-up pgbench on {self.kind} failed: {out.stderr.strip()[-300:]}")
 
