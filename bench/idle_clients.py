@@ -79,8 +79,11 @@ class ScramClient:
         return message(b"p", (without_proof + ",p=" + base64.b64encode(proof).decode()).encode())
 
 
-async def read_message(reader, timeout: float) -> tuple[bytes, bytes]:
-    """One backend message: (type byte, body)."""
+async def read_message(reader, timeout: float | None) -> tuple[bytes, bytes]:
+    """One backend message: (type byte, body). timeout None: the caller bounds the whole exchange (cheaper)."""
+    if timeout is None:
+        header = await reader.readexactly(5)
+        return header[:1], await reader.readexactly(struct.unpack("!I", header[1:])[0] - 4)
     header = await asyncio.wait_for(reader.readexactly(5), timeout)
     body = await asyncio.wait_for(reader.readexactly(struct.unpack("!I", header[1:])[0] - 4), timeout)
     return header[:1], body
@@ -93,7 +96,7 @@ async def login(host: str, port: int, user: str, password: str, database: str, t
     return reader, writer
 
 
-async def authenticate(reader, writer, user: str, password: str, database: str, timeout: float) -> None:
+async def authenticate(reader, writer, user: str, password: str, database: str, timeout: float | None) -> None:
     """Startup and authentication on an open connection, up to ReadyForQuery; closes it on failure."""
     try:
         writer.write(startup_packet(user, database))
