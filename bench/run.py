@@ -351,7 +351,8 @@ class PoolerGroup:
                  tag: str = "", auth_type: str | None = None, userlist: str | None = None):
         self.kind, self.mode, self.procs = kind, mode, procs
         self.cluster, self.args = cluster, args
-        self.auth_type, self.userlist = auth_type or args.auth_type, userlist or args.userlist
+        # bench/metrics_cost.py builds its own args without userlist
+        self.auth_type, self.userlist = auth_type or args.auth_type, userlist or getattr(args, "userlist", "plain")
         self.port = free_port()
         self.dir = base / f"{kind}-{mode}-{procs}{tag}"
         self.pool_size = pool_size
