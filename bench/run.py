@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Benchmark harness: direct PostgreSQL vs Debian's PgBouncer vs pgbouncer-py, interleaved run by run.
 
-Starts its own PostgreSQL cluster, runs the pgbench matrix, idle-client memory and many-active-client tests,
-prints a table of ratios pgbouncer-py / PgBouncer and writes JSON lines. See bench/README.md.
+Starts its own PostgreSQL cluster, runs the pgbench matrix, idle-client memory, many-active-client tests and
+connection storms (bench/storm.py), prints a table of ratios pgbouncer-py / PgBouncer and writes JSON lines. See bench/README.md.
 """
 
 import argparse
+import base64
 import fnmatch
 import glob
+import hashlib
+import hmac
 import json
 import os
 import pwd
@@ -20,8 +23,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import storm
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -70,18 +75,18 @@ def selected(only: list[str], name: str, group: str) -> bool:
     return not only or any(fnmatch.fnmatch(name, pat) or pat in (name, group) for pat in only)
 
 
-# Targets from the issue: (predicate on test/mode) -> (max cpu ratio, min tps ratio)
+# Targets of issues 11 (transaction path) and 20 (-C): (predicate on test/mode) -> (max cpu ratio, min tps ratio)
 def target_for(test: Test, mode: str):
     if test.group != "pgbench":
         return None
     if test.connect:
-        return (None, 0.8)
+        return (1.4, 0.9)
     if mode == "transaction" and test.clients in (10, 100):
         return (1.3, 0.9)
     return None
 
 
-IDLE_TARGET_BYTES = 3 * 1024  # per idle logged-in client at 10,000 clients, pgbouncer-py
+IDLE_TARGET_BYTES = 2 * 1024  # per idle logged-in client at 10,000 clients, pgbouncer-py (issue 20)
 
 
 # ---------------------------------------------------------------- helpers
@@ -103,6 +108,18 @@ def proc_cpu_ticks(pid: int) -> int:
         stat = f.read()
     fields = stat[stat.rindex(")") + 2:].split()
     return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def proc_cpu_ns(pid: int) -> int:
+    """CPU time of a process's live threads in ns (/proc/PID/task/*/schedstat): finer than proc_cpu_ticks."""
+    total = 0
+    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            with open(path) as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that just ended
+    return total
 
 
 def proc_rss(pid: int) -> int:
@@ -151,6 +168,19 @@ def find_pg_bindir(given: str | None) -> Path:
     if pg_config:
         return Path(subprocess.check_output([pg_config, "--bindir"], text=True).strip())
     raise SystemExit("cannot find PostgreSQL binaries (initdb); pass --pg-bindir")
+
+
+def userlist_secret(kind: str) -> str:
+    """The password of DB_USER as auth_file holds it: 'plain' text, an 'md5' secret or a 'scram' secret."""
+    if kind == "md5":
+        return "md5" + hashlib.md5((DB_PASSWORD + DB_USER).encode()).hexdigest()
+    if kind == "scram":
+        salt, iterations = os.urandom(16), 4096
+        salted = hashlib.pbkdf2_hmac("sha256", DB_PASSWORD.encode(), salt, iterations)
+        client_key, server_key = (hmac.digest(salted, k, "sha256") for k in (b"Client Key", b"Server Key"))
+        b64 = (base64.b64encode(x).decode() for x in (salt, hashlib.sha256(client_key).digest(), server_key))
+        return "SCRAM-SHA-256${}:{}${}:{}".format(iterations, *b64)
+    return DB_PASSWORD
 
 
 def client_env() -> dict:
@@ -318,9 +348,11 @@ class PoolerGroup:
     """One pooler kind in one pool mode: one process, or several sharing a port with so_reuseport."""
 
     def __init__(self, kind: str, mode: str, procs: int, pool_size: int, base: Path, cluster: Cluster, args,
-                 tag: str = ""):
+                 tag: str = "", auth_type: str | None = None, userlist: str | None = None):
         self.kind, self.mode, self.procs = kind, mode, procs
         self.cluster, self.args = cluster, args
+        # bench/metrics_cost.py builds its own args without userlist
+        self.auth_type, self.userlist = auth_type or args.auth_type, userlist or getattr(args, "userlist", "plain")
         self.port = free_port()
         self.dir = base / f"{kind}-{mode}-{procs}{tag}"
         self.pool_size = pool_size
@@ -330,7 +362,7 @@ class PoolerGroup:
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         userlist = self.dir / "userlist.txt"
-        userlist.write_text(f'"{DB_USER}" "{DB_PASSWORD}"\n')
+        userlist.write_text(f'"{DB_USER}" "{userlist_secret(self.userlist)}"\n')
         use_peers = self.procs > 1 and (self.kind == "py" or self.args.pgbouncer_peers)
         peers = {i + 1: str(self.dir / f"p{i + 1}") for i in range(self.procs)} if use_peers else None
         env = dict(os.environ, PYTHONPATH=str(self.args.py_src), PYTHONDONTWRITEBYTECODE="1")
@@ -340,7 +372,7 @@ class PoolerGroup:
             ini = rundir / "pooler.ini"
             ini.write_text(render_ini(listen_port=self.port, pg_port=self.cluster.port, mode=self.mode,
                                       pool_size=self.pool_size, rundir=rundir, userlist=userlist,
-                                      auth_type=self.args.auth_type, reuseport=self.procs > 1,
+                                      auth_type=self.auth_type, reuseport=self.procs > 1,
                                       peer_id=(i + 1) if peers else 0, peers=peers, extra=self.args.ini))
             with open(rundir / "stderr.log", "ab") as err:
                 self.popen.append(subprocess.Popen(pooler_command(self.kind, ini, self.args), cwd=rundir, env=env,
@@ -373,7 +405,10 @@ class PoolerGroup:
         clients = min(100, self.pool_size * self.procs)
         cmd = [self.cluster.bin("pgbench"), "-n", "-S", "-h", "127.0.0.1", "-p", str(self.port), "-U", DB_USER,
                "-c", str(clients), "-j", str(max(1, min(self.args.jobs, clients))), "-t", "5", DB_NAME]
-        out = subprocess.run(cmd, capture_output=True, text=True, env=client_env(), timeout=120)
+        env = client_env()
+        if self.args.callgrind:  # logins under valgrind take seconds when the pooler runs PBKDF2
+            env["PGCONNECT_TIMEOUT"] = "120"
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         if out.returncode:
             raise RuntimeError(f"warm-up pgbench on {self.kind} failed: {out.stderr.strip()[-300:]}")
 
@@ -389,6 +424,9 @@ class PoolerGroup:
 
     def cpu_ticks(self) -> int:
         return sum(proc_cpu_ticks(pid) for pid in self.pids)
+
+    def cpu_ns(self) -> int:
+        return sum(proc_cpu_ns(pid) for pid in self.pids)
 
     def rss(self) -> int:
         return sum(proc_rss(pid) for pid in self.pids)
@@ -652,6 +690,89 @@ def run_idle_all(poolers: list[str], cluster: Cluster, base: Path, args, res: Re
             run_idle(kind, run, cluster, base, args, res.emit)
 
 
+# ---------------------------------------------------------------- connection storms
+
+
+def run_storms(storms: list, poolers: list[str], cluster: Cluster, base: Path, args, res: Results) -> None:
+    """Each storm against each pooler, interleaved run by run like run_matrix; one pooler instance per pooler and
+    auth kind (transaction mode), started once and warmed up."""
+    kinds = [p for p in poolers if p != "direct"]
+    groups: dict[tuple, PoolerGroup] = {}
+    failed: set[tuple] = set()
+
+    def group_for(kind, auth):
+        if (kind, auth) not in groups:
+            auth_type, userlist = storm.AUTH[auth]
+            g = groups[(kind, auth)] = PoolerGroup(kind, "transaction", 1, args.pool_size, base, cluster, args,
+                                                   tag=f"-{auth}", auth_type=auth_type, userlist=userlist)
+            g.start()
+            g.warm_up()
+        return groups[(kind, auth)]
+
+    try:
+        for run in range(1, args.runs + 1):
+            log(f"storms, run {run}/{args.runs}")
+            for si, st in enumerate(storms):
+                shift = (run + si) % len(kinds)
+                for kind in kinds[shift:] + kinds[:shift]:
+                    if (st.name, kind) in failed:
+                        continue
+                    rec = {"kind": "storm", "storm": st.name, "pooler": kind, "run": run, "cycles": st.cycles,
+                           "concurrency": st.concurrency, "auth": st.auth}
+                    try:
+                        g = group_for(kind, st.auth)
+                        g.check_alive()
+                        r = run_counted_storm(g, st) if args.callgrind else run_timed_storm(g, st)
+                    except (RuntimeError, OSError, EOFError, storm.LoginError) as exc:
+                        r = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                        g = groups.pop((kind, st.auth), None)
+                        if g:
+                            g.stop()
+                    rec.update(r)
+                    if not r["ok"]:
+                        failed.add((st.name, kind))
+                        log(f"  {st.name} {kind}: FAILED {r.get('error') or r.get('first_error')}")
+                    elif args.callgrind:
+                        log(f"  {st.name:20} {kind:9} {r['instr_per_cycle']} instructions/cycle")
+                    else:
+                        log(f"  {st.name:20} {kind:9} wall {r['wall_s']:7.3f} s  max connect "
+                            f"{r['connect_max_ms']:7.1f} ms  {r['cpu_us_per_cycle']:6.0f} us/cycle (client "
+                            f"{r['client_cpu_us_per_cycle']:.0f})  overflows {r['ListenOverflows']}  errors {r['errors']}")
+                    res.emit(rec)
+    finally:
+        for g in groups.values():
+            g.stop()
+
+
+def run_timed_storm(target: PoolerGroup, st) -> dict:
+    """The pooler's CPU per cycle and the client's (this process): when the client costs more, it sets the pace."""
+    cpu0, ru0 = target.cpu_ns(), resource.getrusage(resource.RUSAGE_SELF)
+    r = storm.run_storm(st, target.port, DB_USER, DB_PASSWORD, DB_NAME)
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    r["cpu_us_per_cycle"] = round((target.cpu_ns() - cpu0) / 1e3 / st.cycles, 2)
+    client_s = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
+    r["client_cpu_us_per_cycle"] = round(client_s * 1e6 / st.cycles, 2)
+    r["backlog"] = storm.listen_backlog(target.port)
+    r["ok"] = "connect_max_ms" in r
+    return r
+
+
+def run_counted_storm(target: PoolerGroup, st) -> dict:
+    """--callgrind: the pooler's instructions per cycle, from a storm of a quarter of the cycles and a full one
+    (what both share, such as the login that ends a startup storm, cancels out). Startup storms are paced (each
+    client waits for the pooler's answer before it leaves): under valgrind the accept queue would overflow."""
+    pid, rundir = target.pids[0], target.rundirs[0]
+    counts = []
+    for cycles in (max(1, st.cycles // 4), st.cycles):
+        callgrind_total(pid, rundir, zero=True)
+        r = storm.run_storm(replace(st, cycles=cycles), target.port, DB_USER, DB_PASSWORD, DB_NAME, paced=True)
+        if r["errors"]:
+            return {"ok": False, "error": r["first_error"]}
+        counts.append((cycles, callgrind_total(pid, rundir)))
+    (c1, i1), (c2, i2) = counts
+    return {"ok": True, "instructions": i2, "instr_per_cycle": round((i2 - i1) / (c2 - c1)) if c2 > c1 else None}
+
+
 # ---------------------------------------------------------------- summary
 
 
@@ -668,7 +789,7 @@ def ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def summarize(tests: list[Test], poolers: list[str], res: Results) -> list[str]:
+def summarize(tests: list[Test], poolers: list[str], res: Results, storms: list = ()) -> list[str]:
     runs = [r for r in res.records if r["kind"] == "run"]
     lines = []
     summary = {}
@@ -685,8 +806,10 @@ def summarize(tests: list[Test], poolers: list[str], res: Results) -> list[str]:
         summary[(test, mode, pooler)] = s
         res.emit(s)
 
+    storm_runs = [r for r in res.records if r["kind"] == "storm"]
+    storm_lines = [""] + storm.summarize(storms, storm_runs, table, res.emit) if storm_runs else []
     if any(r.get("instr_per_txn") for r in runs):
-        return lines + summarize_instructions(tests, summary)
+        return lines + summarize_instructions(tests, summary) + storm_lines
     head = ("test", "mode", "direct tps", "PgB tps", "py tps", "tps py/PgB", "PgB us/txn", "py us/txn",
             "cpu py/PgB", "PgB lat ms", "py lat ms", "target")
     rows = []
@@ -747,6 +870,7 @@ def summarize(tests: list[Test], poolers: list[str], res: Results) -> list[str]:
         lines += table(ihead, irows)
         errs = {(r["pooler"], r["error"]) for r in idle if not r["ok"]}
         lines += [f"idle {k}: {e}" for k, e in sorted(errs)]
+    lines += storm_lines
     errors = sorted({(s["test"], s["mode"], s["pooler"], s["error"]) for s in summary.values()
                      if isinstance(s, dict) and s.get("error") and not s["runs"]})
     if errors:
@@ -782,7 +906,8 @@ def table(head, rows) -> list[str]:
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true",
-                   help="about 10 s: tiny transaction counts, one run, few clients; proves the harness works")
+                   help="about 10 s: tiny transaction counts, one run, few clients; proves the harness works "
+                        "(storms, 1/25 of their cycles, only when --only names them)")
     p.add_argument("--duration", type=int, default=10, help="seconds per pgbench run (pgbench -T), default 10")
     p.add_argument("--transactions", type=int, default=0,
                    help="instead of --duration: total transactions per pgbench run, split over its clients")
@@ -798,6 +923,12 @@ def parse_args(argv):
     p.add_argument("--session-pool-size", type=int, default=110,
                    help="default_pool_size in session mode: must exceed the client count (110)")
     p.add_argument("--auth-type", default="md5", help="pooler auth_type towards clients (md5)")
+    p.add_argument("--userlist", choices=("plain", "md5", "scram"), default="plain",
+                   help="how auth_file holds the password: plain text (default), an md5 or a SCRAM secret "
+                        "(the storms choose their own)")
+    p.add_argument("--storm-scale", type=float, default=1.0,
+                   help="multiplies the storms' cycle counts (500 startups, 5,000 and 2,000 logins)")
+    p.add_argument("--storm-concurrency", type=int, default=50, help="login cycles in flight in a login storm")
     p.add_argument("--ini", action="append", default=[], metavar="KEY=VALUE",
                    help="extra [pgbouncer] line for both poolers (repeatable)")
     p.add_argument("--idle-clients", default="1000,5000,10000", help="idle logged-in client steps")
@@ -822,8 +953,10 @@ def parse_args(argv):
             args.idle_clients = "100,300"
         if args.active_clients == "1000,5000":
             args.active_clients = "200"
+        args.storm_scale = min(args.storm_scale, 0.04)
     if args.callgrind:
         args.runs, args.transactions = 1, args.transactions or 4000
+        args.storm_scale = min(args.storm_scale, 0.2)
         args.idle_clients = ""
     args.poolers = [x for x in args.poolers.split(",") if x]
     if args.callgrind:
@@ -951,6 +1084,10 @@ def main(argv=None) -> int:
     tests = build_tests(args)
     tests = [Test(**{**t.__dict__, "modes": tuple(m for m in t.modes if m in args.modes)}) for t in tests]
     tests = [t for t in tests if t.modes or (t.direct and "direct" in args.poolers)]
+    storms = [st for st in storm.build_storms(args.storm_scale, args.storm_concurrency)
+              if selected(args.only, st.name, "storm")]
+    if not set(args.poolers) - {"direct"} or (args.smoke and not args.only):
+        storms = []  # a smoke run has the storms only when --only names them: 12 more pooler instances
     pgbouncer_version = None
     if "pgbouncer" in args.poolers:
         try:
@@ -970,7 +1107,8 @@ def main(argv=None) -> int:
     started = time.monotonic()
     res.emit({"kind": "meta", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "poolers": args.poolers,
               "runs": args.runs, "duration": args.duration, "transactions": args.transactions, "scale": args.scale,
-              "jobs": args.jobs, "cpus": os.cpu_count(), "auth_type": args.auth_type, "pool_size": args.pool_size,
+              "jobs": args.jobs, "cpus": os.cpu_count(), "auth_type": args.auth_type, "userlist": args.userlist,
+              "pool_size": args.pool_size, "storm_scale": args.storm_scale,
               "py_python": args.py_python, "pgbouncer_version": pgbouncer_version, "smoke": args.smoke,
               "git": git_describe(), "py_scanner": py_scanner(args)})
     try:
@@ -979,6 +1117,8 @@ def main(argv=None) -> int:
             run_matrix(tests, args.poolers, cluster, base, args, res)
         if selected(args.only, "idle", "idle") and args.idle_clients and set(args.poolers) - {"direct"}:
             run_idle_all(args.poolers, cluster, base, args, res)
+        if storms:
+            run_storms(storms, args.poolers, cluster, base, args, res)
     except KeyboardInterrupt:
         log("interrupted; summarising what ran")
     finally:
@@ -991,7 +1131,7 @@ def main(argv=None) -> int:
     each = f"{args.transactions} transactions" if args.transactions else f"{args.duration} s"
     print(f"pgbouncer-py / PgBouncer, medians of {args.runs} interleaved run(s), {each} each, "
           f"{time.monotonic() - started:.0f} s total")
-    for line in summarize(tests, args.poolers, res):
+    for line in summarize(tests, args.poolers, res, storms):
         print(line)
     if out:
         out.close()

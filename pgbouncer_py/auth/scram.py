@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import secrets
@@ -163,12 +164,21 @@ def _saslname(user: str) -> bytes:
 
 
 def parse_scram_secret(text: str) -> ScramSecret | None:
-    """Parse 'SCRAM-SHA-256$<iter>:<b64 salt>$<b64 StoredKey>:<b64 ServerKey>'; None if it is not one."""
-    if not isinstance(text, str):
+    """Parse 'SCRAM-SHA-256$<iter>:<b64 salt>$<b64 StoredKey>:<b64 ServerKey>'; None if it is not one.
+
+    The last SECRET_CACHE_SIZE secrets are remembered (a ScramSecret is immutable, and a changed secret is another
+    string): a login asks for its user's secret more than once, and every login of that user asks again."""
+    if not isinstance(text, str) or not text.startswith(MECHANISM + "$"):
         return None
-    head, sep, rest = text.partition("$")
-    if not sep or head != MECHANISM:
-        return None
+    return _parse_scram_secret(text)
+
+
+SECRET_CACHE_SIZE = 256
+
+
+@functools.lru_cache(maxsize=SECRET_CACHE_SIZE)
+def _parse_scram_secret(text: str) -> ScramSecret | None:
+    rest = text[len(MECHANISM) + 1 :]
     params, sep, keys = rest.partition("$")
     if not sep:
         return None
@@ -220,21 +230,31 @@ class ScramServer:
 
     Only SCRAM-SHA-256 is advertised, so gs2 flags 'n' and 'y' are accepted and 'p' (channel binding)
     is refused. `secret` is a ScramSecret, a SCRAM secret string, or a plain password (a secret is then
-    derived with a random salt and `iterations`). An MD5 secret cannot do SCRAM and raises ScramError.
-    After a successful proof, client_key/server_key hold the keys usable for pass-through.
+    derived with `salt`, random by default, and `iterations`). An MD5 secret cannot do SCRAM and raises
+    ScramError. After a successful proof, client_key/server_key hold the keys usable for pass-through.
+
+    The secret of a plain password is derived (PBKDF2, milliseconds of CPU) only when the client's first
+    message arrives, as PgBouncer does: a client that sends its startup packet and leaves costs nothing.
     """
 
-    def __init__(self, secret: ScramSecret | str, *, iterations: int = 4096, nonce: bytes | None = None):
+    def __init__(self, secret: ScramSecret | str, *, iterations: int = 4096, nonce: bytes | None = None,
+                 salt: bytes | None = None):
+        self._password: str | None = None
         if isinstance(secret, ScramSecret):
-            self.secret = secret
+            self._secret = secret
         elif isinstance(secret, str):
             parsed = parse_scram_secret(secret)
             if parsed is not None:
-                self.secret = parsed
+                self._secret = parsed
             elif is_md5_secret(secret):
                 raise ScramError("cannot do SCRAM authentication: password is an MD5 secret")
             else:
-                self.secret = _secret_from_password(secret, secrets.token_bytes(SALT_LEN), iterations)
+                if not isinstance(iterations, int) or not 1 <= iterations <= MAX_ITERATIONS:
+                    raise ValueError("SCRAM iteration count must be between 1 and 2147483647")
+                if salt is not None and not salt:
+                    raise ValueError("SCRAM salt must not be empty")
+                self._secret = None
+                self._password, self._salt, self._iterations = secret, salt, iterations
         else:
             raise TypeError("ScramServer secret must be a ScramSecret or a str")
         self._server_nonce = _check_nonce_arg(nonce)
@@ -245,6 +265,15 @@ class ScramServer:
         self._server_first = b""
         self.client_key: bytes | None = None
         self.server_key: bytes | None = None
+
+    @property
+    def secret(self) -> ScramSecret:
+        """The verifier; derived from a plain password on first use."""
+        if self._secret is None:
+            salt = self._salt if self._salt is not None else secrets.token_bytes(SALT_LEN)
+            self._secret = _secret_from_password(self._password, salt, self._iterations)
+            self._password = None
+        return self._secret
 
     def _fail(self, reason: str, cls: type[ScramError] = ScramError) -> ScramError:
         self._state = "failed"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PGBOUNCER = "/usr/sbin/pgbouncer"
+PGBOUNCER = os.environ.get("PGBOUNCER_C_BIN", "/usr/sbin/pgbouncer")
 POOLERS = os.environ.get("BENCH_SMOKE_POOLERS", "direct,pgbouncer,py")
 
 pytestmark = pytest.mark.skipif(
@@ -31,7 +31,7 @@ PGBENCH_ROWS = [
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "smoke.jsonl"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--poolers", POOLERS,
-                           "--json", str(out)], capture_output=True, text=True, timeout=120)
+                           "--pgbouncer", PGBOUNCER, "--json", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = [json.loads(line) for line in out.read_text().splitlines()]
     return proc.stdout, records
@@ -85,6 +85,7 @@ def test_callgrind_mode_counts_instructions(tmp_path):
     C PgBouncer's figure is of the order bench/README.md gives, and pgbouncer-py's is above it."""
     out = tmp_path / "cg.jsonl"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--callgrind", "--scale", "1",
+                           "--pgbouncer", PGBOUNCER,
                            "--transactions", "400", "--modes", "transaction", "--only", "S-simple-c10",
                            "--poolers", "pgbouncer,py", "--json", str(out)], capture_output=True, text=True,
                           timeout=600)
@@ -95,3 +96,33 @@ def test_callgrind_mode_counts_instructions(tmp_path):
     assert 1_000 < pgb < 50_000 and py > pgb, (pgb, py)
     row = next(line.split() for line in proc.stdout.splitlines() if line.startswith("S-simple-c10"))
     assert row[:4] == ["S-simple-c10", "transaction", str(pgb), str(py)]
+
+
+STORMS = ["startup-scram", "login-scram", "seq-login-md5"]
+
+
+@pytest.fixture(scope="module")
+def storm_smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "storm.jsonl"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--only", ",".join(STORMS),
+                           "--poolers", ",".join(POOLER_KINDS), "--pgbouncer", PGBOUNCER, "--json", str(out)],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout, [json.loads(line) for line in out.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("pooler", POOLER_KINDS)
+@pytest.mark.parametrize("name", STORMS)
+def test_storm_measured(storm_smoke, pooler, name):
+    """A connection storm (bench/storm.py) against each pooler: every cycle went through, and the record has
+    the latency distribution, the pooler's CPU per cycle, the kernel's overflow counters and the backlog."""
+    stdout, records = storm_smoke
+    runs = [r for r in records if r["kind"] == "storm" and r["storm"] == name and r["pooler"] == pooler]
+    assert len(runs) == 1 and runs[0]["ok"] and runs[0]["errors"] == 0, runs
+    r = runs[0]
+    assert 0 < r["connect_p50_ms"] <= r["connect_max_ms"] and r["cycle_p50_ms"] <= r["cycle_p99_ms"] <= r["cycle_max_ms"]
+    assert r["cpu_us_per_cycle"] > 0 and r["wall_s"] > 0 and r["ListenOverflows"] >= 0
+    assert r["backlog"] > 0, r  # the listen queue's length as `ss -lnt` shows it
+    assert ("drain_s" in r) == name.startswith("startup-")
+    row = next(line.split() for line in stdout.splitlines() if line.startswith(name + " "))
+    assert row[:2] == [name, str(r["cycles"])]

@@ -329,6 +329,19 @@ def test_parse_scram_secret_malformed(text):
     assert parse_scram_secret(text) is None
 
 
+def test_parse_scram_secret_remembers_secrets_not_passwords():
+    """A login parses its user's secret more than once: the parsed secret is remembered (it is immutable), a
+    changed secret is parsed anew, and text that is no SCRAM secret (a plain password) is not kept."""
+    from pgbouncer_py.auth import scram
+
+    text, other = PG_SECRETS[0][1], PG_SECRETS[1][1]
+    first = parse_scram_secret(text)
+    assert parse_scram_secret(text) is first and parse_scram_secret(other) not in (None, first)
+    before = scram._parse_scram_secret.cache_info()
+    assert parse_scram_secret("a plain password") is None
+    assert scram._parse_scram_secret.cache_info().currsize == before.currsize
+
+
 # ---------------------------------------------------------------------------------------------
 # SASLprep details not covered by PG_SECRETS
 
@@ -528,6 +541,44 @@ def test_server_secret_string_and_plain_password():
     server = ScramServer("pencil", iterations=100, nonce=b"srv")
     reply = server.handle_client_first(b"n,,n=,r=c").split(b",")
     assert reply[0] == b"r=csrv" and reply[2] == b"i=100" and len(base64.b64decode(reply[1][2:])) == 16
+
+
+@pytest.mark.parametrize(
+    "client_first, derives",
+    [
+        (None, False),  # the client sent its startup packet and left
+        (b"garbage", False),  # a malformed first message is refused before any PBKDF2
+        (b"n,,n=,r=c", True),  # a well-formed first message needs the salt and iteration count
+    ],
+)
+def test_server_derives_plain_password_secret_only_for_a_first_message(monkeypatch, client_first, derives):
+    """PBKDF2 over a plain-text password (milliseconds) runs when the client's first message arrives, as in
+    PgBouncer, not when the exchange starts: a storm of clients that leave after their startup packet is cheap."""
+    from pgbouncer_py.auth import scram
+
+    calls = []
+    real = scram.scram_keys_from_password
+    monkeypatch.setattr(scram, "scram_keys_from_password", lambda *a: calls.append(a) or real(*a))
+    server = ScramServer("pencil", nonce=b"srv")
+    if client_first is not None:
+        try:
+            server.handle_client_first(client_first)
+        except ScramError:
+            pass
+    assert len(calls) == (1 if derives else 0)
+
+
+def test_server_plain_password_with_given_salt():
+    server = ScramServer("pencil", iterations=4096, salt=RFC_SALT, nonce=RFC_SERVER_NONCE)
+    assert server.handle_client_first(RFC_CLIENT_FIRST) == RFC_SERVER_FIRST
+    assert server.handle_client_final(RFC_CLIENT_FINAL) == RFC_SERVER_FINAL
+    assert str(server.secret) == make_scram_secret("pencil", 4096, salt=RFC_SALT)
+
+
+@pytest.mark.parametrize("kwargs", [{"iterations": 0}, {"iterations": 2**31}, {"salt": b""}])
+def test_server_plain_password_bad_arguments_refused_at_once(kwargs):
+    with pytest.raises(ValueError):
+        ScramServer("pencil", **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
