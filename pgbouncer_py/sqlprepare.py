@@ -8,8 +8,8 @@ evictions). The client sees what one PostgreSQL session would show: the same com
 texts and SQLSTATEs (errors the pooler decides are raised by the server itself, through a DO block, so that they
 abort a transaction block like the real ones), and error positions mapped back onto the client's text.
 
-Works on one Query at a time: prepare.client_data calls client_query() for a Query text that may be one of the
-commands, and prepare.server_data hands CommandComplete/ErrorResponse answering it to response()."""
+Works on one Query at a time: prepare.client_at calls client_query() for a Query text that may be one of the
+commands, and prepare.server_at hands CommandComplete/ErrorResponse answering it to response()."""
 
 from pgbouncer_py import prepare
 from pgbouncer_py.proto import sql
