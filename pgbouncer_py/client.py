@@ -229,6 +229,14 @@ class Client(LinkedFlow, asyncio.Protocol):
                    self.ps | (self.no_pqexec << 1)) == SWITCH:
             prepare.client_data(self, b"", server)     # _client_at started tracking: it relays the rest
 
+    def activate(self) -> None:
+        """Released with data already queued (objects.release): it needs a server again."""
+        pooling.activate_client(self)
+
+    def take_server(self, server) -> None:
+        """A server came free for this waiting client (objects.server_available)."""
+        pooling.link(self, server)
+
     def close_requested(self) -> None:
         """Terminate."""
         self.close("client close request")

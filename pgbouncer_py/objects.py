@@ -1,6 +1,9 @@
-"""Databases, users and pools, and the one place that moves a client or server between the lists of its pool.
+"""Databases, users and pools, and the one place that moves a client or server between the lists of its pool,
+links and unlinks them, and releases a server at the end of a transaction.
 
 A socket's state is a location (DESIGN.md rule 3): every client/server sits in exactly one list, counts are lengths.
+A move the state machine does not know (set_client_state/set_server_state) is an internal error: logged, and that
+one connection is closed.
 """
 
 import itertools
@@ -273,9 +276,36 @@ class Registry:
 registry = Registry()
 
 
+# the moves set_client_state/set_server_state accept: a connection starts (None) anywhere (a login, or restored by
+# an online restart), leaves (FREE) from anywhere; FREE is final; only the startup enters login; a client waits
+# for its login only from login; a cancel request is one from login. Anything else is an internal error.
+_CLIENT_STATES = frozenset((CL_LOGIN, CL_WAITING_LOGIN, CL_WAITING, CL_ACTIVE, CL_ACTIVE_CANCEL, CL_WAITING_CANCEL,
+                            CL_FREE))
+_SERVER_STATES = frozenset((SV_LOGIN, SV_IDLE, SV_ACTIVE, SV_USED, SV_TESTED, SV_ACTIVE_CANCEL, SV_BEING_CANCELED,
+                            SV_FREE))
+_CLIENT_MOVES = {
+    None: _CLIENT_STATES,
+    CL_LOGIN: frozenset((CL_LOGIN, CL_WAITING_LOGIN, CL_ACTIVE, CL_ACTIVE_CANCEL, CL_FREE)),
+    CL_WAITING_LOGIN: frozenset((CL_WAITING_LOGIN, CL_ACTIVE, CL_WAITING, CL_FREE)),
+    CL_WAITING: frozenset((CL_WAITING, CL_ACTIVE, CL_FREE)),
+    CL_ACTIVE: frozenset((CL_ACTIVE, CL_WAITING, CL_FREE)),
+    CL_ACTIVE_CANCEL: frozenset((CL_ACTIVE_CANCEL, CL_FREE)),
+    CL_WAITING_CANCEL: frozenset((CL_WAITING_CANCEL, CL_ACTIVE_CANCEL, CL_FREE)),
+    CL_FREE: frozenset((CL_FREE,)),
+}
+_LIVE_SERVER = _SERVER_STATES - {SV_LOGIN}
+_SERVER_MOVES = {state: _LIVE_SERVER for state in _SERVER_STATES}
+_SERVER_MOVES[None] = _SERVER_STATES
+_SERVER_MOVES[SV_FREE] = frozenset((SV_FREE,))
+
+
 def set_client_state(client, new_state: str) -> None:
-    """Move a client to the list of new_state (the only code that does it)."""
+    """Move a client to the list of new_state (the only code that does it). An illegal move is not made: it is
+    logged as an internal error and that client is closed."""
     old = client.state
+    if new_state not in _CLIENT_MOVES[old]:
+        _illegal_move(client, old, new_state)
+        return
     pool = client.pool
     if old == CL_LOGIN:
         registry.login_clients.pop(client, None)
@@ -293,9 +323,14 @@ def set_client_state(client, new_state: str) -> None:
 
 
 def set_server_state(server, new_state: str, now: float = 0.0) -> None:
-    """Move a server to the list of new_state (the only code that does it); `now`: monotonic, if known."""
+    """Move a server to the list of new_state (the only code that does it); `now`: monotonic, if known. An
+    illegal move is not made: it is logged as an internal error and that server is closed."""
+    old = server.state
+    if new_state not in _SERVER_MOVES[old]:
+        _illegal_move(server, old, new_state)
+        return
     lists = server.pool.server_lists
-    lst = lists.get(server.state)
+    lst = lists.get(old)
     if lst is not None:
         lst.pop(server, None)
     server.state = new_state
@@ -304,6 +339,120 @@ def set_server_state(server, new_state: str, now: float = 0.0) -> None:
         lst[server] = None
     if new_state == SV_IDLE:
         server.idle_since = now or time.monotonic()
+
+
+def _illegal_move(conn, old, new) -> None:
+    log_internal_error(conn, f"illegal state change {old} -> {new}")
+    if new != CL_FREE and old != CL_FREE:      # (CL_FREE == SV_FREE) closing moves it to free, a legal move
+        conn.close("internal error")
+
+
+# --- links: a client and the server it uses, set and cleared only here ---
+
+def link(client, server) -> None:
+    """Give `server` to `client`: both active, each the other's link."""
+    if client.state != CL_ACTIVE:
+        set_client_state(client, CL_ACTIVE)
+    set_server_state(server, SV_ACTIVE)
+    client.link = server
+    server.link = client
+
+
+def unlink(client, server) -> None:
+    """End a link (a release, or one side closing)."""
+    if client is not None:
+        client.link = None
+    if server is not None:
+        server.link = None
+
+
+def release(server) -> None:
+    """The linked client's transaction is over (decided in one place, Server.relay_at, at ReadyForQuery):
+    unlink; a client that already sent more asks for a server again (Client.activate); the server is reset
+    (server_reset_query_always) or becomes available."""
+    client = server.link
+    if client is not None:
+        client.link = None
+        server.link = None
+        client.idle_since = server.last_rfq
+        if client.pending:
+            client.activate()
+        cfg = registry.cfg
+        if cfg.server_reset_query_always and cfg.server_reset_query:
+            reset_server(server, client.pool_mode)
+            return
+    server_available(server, server.last_rfq)
+
+
+def reset_server(server, pool_mode: str) -> None:
+    """Session mode (or server_reset_query_always): run server_reset_query before reuse."""
+    cfg = registry.cfg
+    q = cfg.server_reset_query
+    if q and (pool_mode == "session" or cfg.server_reset_query_always):
+        set_server_state(server, SV_TESTED)
+        server.run_internal(q, _reset_done)
+    else:
+        server_available(server)
+
+
+def _reset_done(server, error) -> None:
+    if error is not None:
+        server.close(f"reset query failed: {error}")
+        return
+    server_available(server)
+
+
+STALE = "database configuration changed"     # why a server of a changed configuration goes
+
+
+def is_stale(server) -> bool:
+    """Whether a server must not be reused (RECONNECT, TLS change, database changed on RELOAD): it is closed
+    with STALE, one reason for all of them in PgBouncer's words, never the name of an internal flag."""
+    db = server.pool.db
+    return server.close_needed or (db.dirty and getattr(server, "db_conf", db.conf) is not db.conf)
+
+
+def server_available(server, now: float = 0.0) -> None:
+    """A server that is ready and unlinked: close it if it must go, give it to an auth_query lookup or a waiting
+    client, or idle it. `now`: monotonic, if known."""
+    state = server.state
+    if state == SV_FREE:                # closed
+        return
+    if not server.ready:
+        server.close("server not ready at release")
+        return
+    if server.cancels:
+        set_server_state(server, SV_BEING_CANCELED)    # a cancel request is still on its way to this backend
+        return
+    pool = server.pool
+    db = pool.db
+    if server.close_needed or db.dirty:
+        if is_stale(server):
+            server.close(STALE)
+            return
+    if not now:
+        now = time.monotonic()
+    cfg = registry.cfg
+    lifetime = pool._lifetime if pool._lifetime_cfg is cfg and pool._lifetime_db_conf is db.conf \
+        else pool.server_lifetime(cfg)
+    if lifetime and now - server.created > lifetime:
+        server.close("server lifetime over")
+        return
+    if db.paused or registry.paused:
+        set_server_state(server, SV_IDLE, now)
+        return
+    waiters = pool.auth_waiters
+    while waiters:                       # auth_query lookups (auth/auth_query.py Lookup) come first
+        lookup = waiters.pop(0)
+        if not lookup.finished:
+            lookup.run_on(server)
+            return
+    if pool.waiting_clients:
+        for client in pool.waiting_clients:
+            if client.state == CL_WAITING and client.replication == "none":
+                client.take_server(server)     # pooling.link: the client's parameters, then its data
+                return
+    set_server_state(server, SV_IDLE, now)
 
 
 def random_choice(seq):

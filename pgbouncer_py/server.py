@@ -14,8 +14,7 @@ from pgbouncer_py.log import log
 from pgbouncer_py.net import dns, tls
 from pgbouncer_py.net.sbuf import DONE, HOLD, STOP, LinkedFlow, relay
 from pgbouncer_py.netutil import format_addr, local_addr_of, tune_tcp
-from pgbouncer_py.objects import SV_FREE, SV_LOGIN, registry, set_server_state
-from pgbouncer_py.pooling import release_server as release
+from pgbouncer_py.objects import SV_FREE, SV_LOGIN, registry, release, set_server_state, unlink
 from pgbouncer_py.proto import build
 from pgbouncer_py.proto import constants as C
 from pgbouncer_py.proto.messages import (
@@ -278,8 +277,8 @@ class Server(LinkedFlow, asyncio.Protocol):
             now = time.monotonic()
             if self.expect_rfq > 0:
                 self.expect_rfq -= 1
+            stats = self.pool.db.stats
             if self.query_start:
-                stats = self.pool.db.stats
                 stats.query_count += 1
                 stats.query_time += int((now - self.query_start) * 1e6)
                 self.query_start = 0.0
@@ -287,7 +286,6 @@ class Server(LinkedFlow, asyncio.Protocol):
             if data[pos + 5] == 73:          # 'I'
                 self.ready = True
                 if self.xact_start:
-                    stats = self.pool.db.stats
                     stats.xact_count += 1
                     stats.xact_time += int((now - self.xact_start) * 1e6)
                     self.xact_start = 0.0
@@ -529,7 +527,8 @@ class Server(LinkedFlow, asyncio.Protocol):
                 pass
             self.transport.close() if self.ready else self.transport.abort()
         client = self.link
-        self.link = None
+        if client is not None:
+            unlink(client, self)
         set_server_state(self, SV_FREE)
         pooling.server_closed(self, client, reason, login_error, login_sqlstate, connect_failed, notify_client)
 

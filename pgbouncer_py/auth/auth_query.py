@@ -8,7 +8,15 @@ import time
 
 from pgbouncer_py import pooling
 from pgbouncer_py.log import log
-from pgbouncer_py.objects import SV_ACTIVE, Database, DbUser, User, registry, set_server_state
+from pgbouncer_py.objects import (
+    SV_ACTIVE,
+    Database,
+    DbUser,
+    User,
+    registry,
+    server_available,
+    set_server_state,
+)
 from pgbouncer_py.proto import build
 
 _I16 = struct.Struct("!h")
@@ -147,7 +155,7 @@ class Lookup:
             log.error(f"S: error in auth_query: ERROR: {error}")
             server.close("error response from auth_query")
         else:
-            pooling.server_available(server)
+            server_available(server)
         if self.finished:
             return
         if error is not None:

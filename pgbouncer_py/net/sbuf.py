@@ -107,7 +107,7 @@ def relay(conn, data, dst, scan, at, flags: int = -1) -> int:
         return STOP
     if pos >= n:
         conn.skip = pos - n
-        if out is None and start == 0:
+        if out is None:           # (then nothing was dropped: start is 0)
             dst.write(data)
         else:
             _write(dst, data, start, n, out)
