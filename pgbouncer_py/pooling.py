@@ -23,6 +23,7 @@ from pgbouncer_py.objects import (
     unlink,
 )
 from pgbouncer_py.objects import link as link_objects
+from pgbouncer_py.server import Server, server_unix_path
 from pgbouncer_py.varcache import TRACKED_PARAMS, tracked_params  # noqa: F401  (stable names for callers)
 
 
@@ -36,7 +37,6 @@ def server_password(pool) -> str | None:
 
 def server_address(pool) -> tuple[str, int, str | None]:
     """(host, port, unix socket path or None) for a new server connection, honouring host lists."""
-    from pgbouncer_py.server import server_unix_path
     db = pool.db
     conf = db.conf
     host = conf.host if conf is not None else None
@@ -140,9 +140,8 @@ def launch_new_connection(pool, *, force: bool = False) -> bool:
             return False
     if not can_launch(pool, cfg, now):
         return False
-    from pgbouncer_py.server import Server
     host, port, path = server_address(pool)
-    server = Server(pool, host or "", port, path)
+    server = Server(pool, host or "", port, path, PoolSide)
     server.db_conf = pool.db.conf     # a RELOAD that changes the database makes this server stale
     pool.last_connect_time = now
     set_server_state(server, "login")
@@ -226,9 +225,8 @@ def _serve_replication(pool, cfg, now: float) -> bool:
             return True
         if not can_launch(pool, cfg, now):
             return True
-    from pgbouncer_py.server import Server
     host, port, path = server_address(pool)
-    server = Server(pool, host or "", port, path)
+    server = Server(pool, host or "", port, path, PoolSide)
     server.db_conf = pool.db.conf
     server.replication = client.replication
     server.replication_client = client
@@ -398,9 +396,15 @@ def server_closed(server, client, reason, login_error, sqlstate, connect_failed,
         server.replication_client = None
         if not connect_failed:
             waiter.close(login_error or reason, send_error=True)
-    if pool.auth_waiters or server.internal_rows is not None:
-        from pgbouncer_py.auth import auth_query
-        auth_query.server_closed(server, login_error is not None, login_error or reason, sqlstate)
+    if login_error is not None:
+        for lookup in list(pool.auth_waiters):       # auth_query lookups waiting for this pool's login
+            lookup.fail(login_error, sqlstate)
+    done = server.internal_done
+    if server.internal_rows is not None and done is not None:
+        server.internal_done = None
+        lost = getattr(getattr(done, "__self__", None), "server_lost", None)
+        if lost is not None:
+            lost()                                    # the auth_query lookup that ran on it
     if client is not None and notify:
         client.close(reason, send_error=True)
     if connect_failed:
@@ -425,3 +429,12 @@ def server_closed(server, client, reason, login_error, sqlstate, connect_failed,
 
 def statement_mode_violation(server) -> None:
     server.close("transaction blocks not allowed in statement pooling mode")
+
+
+class PoolSide:
+    """What a server connection tells its pool: its password, its login, its exit. server.py does not import
+    pooling (pooling creates the servers and hands them this)."""
+
+    password = staticmethod(server_password)
+    login_done = staticmethod(server_login_done)
+    closed = staticmethod(server_closed)

@@ -7,7 +7,7 @@ import ssl
 import struct
 import time
 
-from pgbouncer_py import pooling, prepare, varcache
+from pgbouncer_py import prepare, varcache
 from pgbouncer_py.auth import md5 as md5auth
 from pgbouncer_py.auth import scram
 from pgbouncer_py.log import log
@@ -35,8 +35,9 @@ PH_CONNECT, PH_SSL, PH_LOGIN, PH_WORK, PH_INTERNAL, PH_CLOSED = range(6)
 class Server(LinkedFlow, asyncio.Protocol):
     """One connection to PostgreSQL, owned by a pool."""
 
-    def __init__(self, pool, host: str, port: int, unix_path: str | None):
+    def __init__(self, pool, host: str, port: int, unix_path: str | None, pool_side):
         self.pool = pool
+        self.pool_side = pool_side      # pooling.PoolSide: told of the login and the exit (pooling creates servers)
         self.state = None
         self.phase = PH_CONNECT
         self.transport = None
@@ -395,7 +396,7 @@ class Server(LinkedFlow, asyncio.Protocol):
         elif mtype == C.B_READY:
             self.phase = PH_WORK
             self.ready = True
-            pooling.server_login_done(self)
+            self.pool_side.login_done(self)
         elif mtype == C.B_NOTICE or mtype == C.B_NEGOTIATE_VERSION:
             pass
         else:
@@ -406,7 +407,7 @@ class Server(LinkedFlow, asyncio.Protocol):
         code, extra = parse_auth_request(body)
         if code == C.AUTH_OK:
             return
-        password = pooling.server_password(self.pool)
+        password = self.pool_side.password(self.pool)
         user = self.pool.user
         if code == C.AUTH_CLEARTEXT:
             if password is None or password.startswith("md5") or password.startswith("SCRAM-SHA-256$"):
@@ -530,7 +531,7 @@ class Server(LinkedFlow, asyncio.Protocol):
         if client is not None:
             unlink(client, self)
         set_server_state(self, SV_FREE)
-        pooling.server_closed(self, client, reason, login_error, login_sqlstate, connect_failed, notify_client)
+        self.pool_side.closed(self, client, reason, login_error, login_sqlstate, connect_failed, notify_client)
 
 
 _relay_at = Server.relay_at
