@@ -553,6 +553,7 @@ def _row_credentials(r: dict, name: str, db) -> None:
 
 
 def _server_from_row(fd: int, r: dict, st: dict | None, sock: socket.socket):
+    from pgbouncer_py import pooling
     from pgbouncer_py.server import PH_WORK, Server
     if st is None:       # from a C PgBouncer: only what SHOW FDS tells
         key = _key_bytes(r["cancel"])
@@ -570,7 +571,7 @@ def _server_from_row(fd: int, r: dict, st: dict | None, sock: socket.socket):
         return None
     _row_credentials(r, st["user"], db)
     pool = registry.get_pool(db, _user(st["user"], db))
-    s = Server(pool, st["host"], st["port"], st.get("unix_path"))
+    s = Server(pool, st["host"], st["port"], st.get("unix_path"), pooling.PoolSide)
     s.phase = PH_WORK
     s.params = varcache.Values(st.get("params") or {})
     s.backend_pid = st.get("backend_pid", 0)
