@@ -40,6 +40,18 @@ SERVER_LISTS = {SV_LOGIN: "login_servers", SV_IDLE: "idle_servers", SV_ACTIVE: "
                 SV_BEING_CANCELED: "being_canceled_servers"}
 
 
+class _Nowhere(dict):
+    """The list of sockets in no list: holds nothing."""
+
+    __slots__ = ()
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+
+NOWHERE = _Nowhere()
+
+
 class Database:
     """A [databases] entry (or an auto-database made from '*', or the admin database 'pgbouncer')."""
 
@@ -155,9 +167,11 @@ class Pool:
         self.auth_waiters: list = []     # auth_query lookups waiting for a server (auth/auth_query.py)
         self.created = time.monotonic()
         self.last_active = time.monotonic()
-        # state -> the list (dict used as an ordered set) holding sockets in that state
+        # state -> the list (dict used as an ordered set) holding sockets in that state; not yet in a state (None)
+        # and free ones are in no list (NOWHERE), so a move is two subscripts
         self.client_lists = {state: getattr(self, name) for state, name in CLIENT_LISTS.items()}
         self.server_lists = {state: getattr(self, name) for state, name in SERVER_LISTS.items()}
+        self.server_lists[None] = self.server_lists[SV_FREE] = NOWHERE
         self._lifetime_cfg = None
         self._lifetime_db_conf = None
         self._lifetime = 0.0
@@ -330,13 +344,9 @@ def set_server_state(server, new_state: str, now: float = 0.0) -> None:
         _illegal_move(server, old, new_state)
         return
     lists = server.pool.server_lists
-    lst = lists.get(old)
-    if lst is not None:
-        lst.pop(server, None)
+    lists[old].pop(server, None)
     server.state = new_state
-    lst = lists.get(new_state)
-    if lst is not None:
-        lst[server] = None
+    lists[new_state][server] = None
     if new_state == SV_IDLE:
         server.idle_since = now or time.monotonic()
 
@@ -350,9 +360,7 @@ def _illegal_move(conn, old, new) -> None:
 # --- links: a client and the server it uses, set and cleared only here ---
 
 def link(client, server) -> None:
-    """Give `server` to `client`: both active, each the other's link."""
-    if client.state != CL_ACTIVE:
-        set_client_state(client, CL_ACTIVE)
+    """Give `server` to an active `client`: the server active, each the other's link."""
     set_server_state(server, SV_ACTIVE)
     client.link = server
     server.link = client

@@ -279,6 +279,8 @@ def link(client, server) -> None:
         if metrics.recorder is not None:
             metrics.recorder.waited(client.pool.db, now - client.wait_start)
     client.pool.db.stats.server_assignment_count += 1
+    if client.state != CL_ACTIVE:
+        set_client_state(client, CL_ACTIVE)
     link_objects(client, server)
     server.request_time = now + registry.wall_offset
     client.pool.last_active = now
