@@ -166,7 +166,6 @@ class Client(LinkedFlow, asyncio.Protocol):
                 self.port = self.listener.port
         else:
             tune_tcp(transport, cfg, sock)
-        registry.total_clients += 1
         set_client_state(self, CL_LOGIN)
         if registry.suspended:
             from pgbouncer_py.admin import control
@@ -517,7 +516,7 @@ class Client(LinkedFlow, asyncio.Protocol):
             limit = db.setting("max_db_client_connections", cfg.max_db_client_connections)
             if limit and db.client_count >= limit and not self._exempt_from_client_limits():
                 raise ProtocolError("client connections exceeded (max_db_client_connections)")
-            db.client_count += 1
+            db.clients[self] = None
             self.counted_db = db
         self.db = db
         self.phase = PH_AUTH
@@ -536,7 +535,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         if limit and account.client_count >= limit and not self._exempt_from_client_limits():
             self.close("client connections exceeded (max_user_client_connections)", send_error=True)
             return False
-        account.client_count += 1
+        account.clients[self] = None
         self.counted_user = account
         return True
 
@@ -734,17 +733,16 @@ class Client(LinkedFlow, asyncio.Protocol):
         if self.cancel_key:
             registry.cancel_keys.pop(self.cancel_key, None)
         if self.counted_db is not None:
-            self.counted_db.client_count -= 1
+            self.counted_db.clients.pop(self, None)
             self.counted_db = None
         if self.counted_user is not None:
-            self.counted_user.client_count -= 1
+            self.counted_user.clients.pop(self, None)
             self.counted_user = None
         server = self.link
         if server is not None:
             pooling.client_unlinked_by_close(self, server)
         if self.console is not None:
             self.console.closed()
-        registry.total_clients -= 1
         set_client_state(self, CL_FREE)
 
 

@@ -70,8 +70,12 @@ class Database:
         self.avg: dict = {}
         self.inactive_since = time.monotonic()
         self.host_index = 0
-        self.client_count = 0       # clients of this database, from login on (max_db_client_connections)
+        self.clients: dict = {}     # clients of this database, from login on (max_db_client_connections)
         self.dynamic_users: dict[str, DbUser] = {}   # users auth_query found for logins to this database
+
+    @property
+    def client_count(self) -> int:
+        return len(self.clients)
 
     @property
     def dbname(self) -> str:
@@ -96,7 +100,11 @@ class User:
         self.conf = conf
         self.scram_client_key: bytes | None = None
         self.scram_server_key: bytes | None = None
-        self.client_count = 0
+        self.clients: dict = {}       # clients of this user, from authentication on (max_user_client_connections)
+
+    @property
+    def client_count(self) -> int:
+        return len(self.clients)
 
     @property
     def account(self) -> "User":
@@ -131,12 +139,12 @@ class DbUser(User):
         return self._account.conf
 
     @property
-    def client_count(self) -> int:
-        return self._account.client_count
+    def clients(self) -> dict:
+        return self._account.clients
 
-    @client_count.setter
-    def client_count(self, value: int) -> None:
-        self._account.client_count = value
+    @property
+    def client_count(self) -> int:
+        return len(self._account.clients)
 
 
 class Pool:
@@ -245,7 +253,7 @@ class Registry:
         self.pools: dict[tuple[str, str], Pool] = {}
         self.login_clients: dict = {}
         self.cancel_keys: dict[bytes, object] = {}
-        self.total_clients = 0
+        self.clients: dict = {}                   # every client connection, from accept to close
         self.paused = False
         self.suspended = False
         self.shutting_down = False
@@ -257,6 +265,10 @@ class Registry:
         self.main = None                          # pgbouncer_py.main.Pooler
         self.socket_ids = itertools.count(1)      # SHOW CLIENTS/SERVERS `id` (the KILL_CLIENT handle)
         self.total_avg: dict = {}                 # stats_period averages over all databases (SHOW TOTALS)
+
+    @property
+    def total_clients(self) -> int:
+        return len(self.clients)
 
     def get_pool(self, db: Database, user: User) -> Pool:
         key = (db.name, user.name)
@@ -321,6 +333,10 @@ def set_client_state(client, new_state: str) -> None:
         _illegal_move(client, old, new_state)
         return
     pool = client.pool
+    if old is None:
+        registry.clients[client] = None
+    elif new_state == CL_FREE:
+        registry.clients.pop(client, None)
     if old == CL_LOGIN:
         registry.login_clients.pop(client, None)
     elif pool is not None:
