@@ -685,9 +685,8 @@ async def adopt(inh: Inherited, listeners) -> None:
         server = by_old_fd.get(c._takeover.get("link") or -1)
         if server is not None and server.link is c:
             c.link = server
-        registry.total_clients += 1
-        c.db.client_count += 1
-        c.user.client_count += 1
+        c.db.clients[c] = None
+        c.user.account.clients[c] = None
         c.counted_db, c.counted_user = c.db, c.user.account
         if c.cancel_key:
             registry.cancel_keys[c.cancel_key] = c
