@@ -21,6 +21,7 @@ from pgbouncer_py.objects import (
     CL_WAITING,
     CL_WAITING_LOGIN,
     Database,
+    link_idle_fast,
     registry,
     set_client_state,
 )
@@ -174,19 +175,20 @@ class Client(LinkedFlow, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             if self.phase == PH_WORK and not self.admin:
-                server = self.link
-                if server is None and not self.pending and data[0] in _LINK_FIRST:
-                    server = pooling.link_idle_fast(self)
-                if server is not None and not self.pending and server.internal_done is None:
-                    # HOT: the relay (net/sbuf.py), as in _forward
-                    self.pool.db.stats.bytes_received += len(data)
-                    if self.ps == 2:
-                        prepare.client_data(self, data, server)
-                    elif relay_up(self, data, server.transport, _client_scan, _client_at,
-                               self.ps | (self.no_pqexec << 1)) == SWITCH:
-                        prepare.client_data(self, b"", server)
-                else:
-                    self._queue_data(data)
+                if not self.pending:
+                    server = self.link
+                    if server is None and data[0] in _LINK_FIRST:
+                        server = link_idle_fast(self)
+                    if server is not None and server.internal_done is None:
+                        # HOT: the relay (net/sbuf.py), as in _forward
+                        self.pool.db.stats.bytes_received += len(data)
+                        if self.ps == 2:
+                            prepare.client_data(self, data, server)
+                        elif relay_up(self, data, server.transport, _client_scan, _client_at,
+                                      self.ps | (self.no_pqexec << 1)) == SWITCH:
+                            prepare.client_data(self, b"", server)
+                        return
+                self._queue_data(data)
                 return
             if self._tls_pending:
                 # decrypted bytes that arrive before _start_tls has looked at the new transport

@@ -10,7 +10,9 @@ import itertools
 import os
 import random
 import time
+from time import monotonic
 
+from pgbouncer_py import varcache
 from pgbouncer_py.log import log
 from pgbouncer_py.stats import Stats
 
@@ -380,6 +382,34 @@ def link(client, server) -> None:
     set_server_state(server, SV_ACTIVE)
     client.link = server
     server.link = client
+
+
+def link_idle_fast(client):
+    """HOT: the common start of a transaction — an idle server that needs no check and no SET (a pool decision
+    kept here to link it at once). Links it and returns it, or returns None and leaves everything as it was (the
+    caller then takes pooling's general path, activate_client)."""
+    pool = client.pool
+    idle = pool.idle_servers
+    if not idle or client.state != CL_ACTIVE or client.replication != "none":
+        return None
+    if pool.db.paused or registry.paused or registry.suspended:
+        return None
+    cfg = registry.cfg
+    server = next(iter(idle)) if cfg.server_round_robin else next(reversed(idle))
+    now = monotonic()
+    delay = cfg.server_check_delay
+    if delay is not None and delay >= 0 and now - server.idle_since >= delay:
+        return None
+    if not varcache.covered(client.vars, server):
+        return None
+    pool.db.stats.server_assignment_count += 1
+    set_server_state(server, SV_ACTIVE)
+    client.link = server
+    server.link = client
+    server.request_time = client.request_time = now + registry.wall_offset
+    server.query_start = server.xact_start = now    # the client's data goes out right away
+    pool.last_active = now
+    return server
 
 
 def unlink(client, server) -> None:

@@ -178,32 +178,6 @@ def activate_client(client) -> None:
         launch_new_connection(pool)
 
 
-def link_idle_fast(client):
-    """HOT: the common start of a transaction — an idle server that needs no check and no SET. Links it and
-    returns it, or returns None and leaves everything as it was (the caller then takes the general path)."""
-    pool = client.pool
-    idle = pool.idle_servers
-    if not idle or client.state != CL_ACTIVE or client.replication != "none":
-        return None
-    if pool.db.paused or registry.paused or registry.suspended:
-        return None
-    cfg = registry.cfg
-    server = next(iter(idle)) if cfg.server_round_robin else next(reversed(idle))
-    now = time.monotonic()
-    delay = cfg.server_check_delay
-    if delay is not None and delay >= 0 and now - server.idle_since >= delay:
-        return None
-    if not varcache.covered(client.vars, server):
-        return None
-    stats = pool.db.stats
-    stats.server_assignment_count += 1
-    link_objects(client, server)
-    server.request_time = client.request_time = now + registry.wall_offset
-    server.query_start = server.xact_start = now    # the client's data goes out right away
-    pool.last_active = now
-    return server
-
-
 def _serve_replication(pool, cfg, now: float) -> bool:
     """Replication connections are never pooled: the oldest replication client waiting without a server (for
     its first command, or for its login in a pool that has none yet) gets one logged in with replication, just

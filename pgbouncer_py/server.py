@@ -6,6 +6,7 @@ import os
 import ssl
 import struct
 import time
+from time import monotonic
 
 from pgbouncer_py import prepare, varcache
 from pgbouncer_py.auth import md5 as md5auth
@@ -275,7 +276,7 @@ class Server(LinkedFlow, asyncio.Protocol):
             return HOLD
         t = data[pos]
         if t == 90:                          # 'Z' ReadyForQuery
-            now = time.monotonic()
+            now = monotonic()
             if self.expect_rfq > 0:
                 self.expect_rfq -= 1
             stats = self.pool.db.stats
