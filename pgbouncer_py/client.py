@@ -180,8 +180,8 @@ class Client(LinkedFlow, asyncio.Protocol):
                     if server is None and data[0] in _LINK_FIRST:
                         server = link_idle_fast(self)
                     if server is not None and server.internal_done is None:
-                        # HOT: the relay (net/sbuf.py), as in _forward
-                        self.pool.db.stats.bytes_received += len(data)
+                        # HOT: the relay (net/sbuf.py), as in _forward (the server's stats are its pool's)
+                        server.stats.bytes_received += len(data)
                         if self.ps == 2:
                             prepare.client_data(self, data, server)
                         elif relay_up(self, data, server.transport, _client_scan, _client_at,

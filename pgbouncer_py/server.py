@@ -38,6 +38,7 @@ class Server(LinkedFlow, asyncio.Protocol):
 
     def __init__(self, pool, host: str, port: int, unix_path: str | None, pool_side):
         self.pool = pool
+        self.stats = pool.db.stats      # (a pool's database, and its stats object, never change)
         self.pool_side = pool_side      # pooling.PoolSide: told of the login and the exit (pooling creates servers)
         self.state = None
         self.phase = PH_CONNECT
@@ -241,7 +242,7 @@ class Server(LinkedFlow, asyncio.Protocol):
             if self.phase == PH_WORK and self.internal_done is None:
                 client = self.link
                 if client is not None:     # HOT: the relay (net/sbuf.py), as in _forward
-                    self.pool.db.stats.bytes_sent += len(data)
+                    self.stats.bytes_sent += len(data)
                     if self.psq is None:
                         if relay(self, data, client.transport, _server_scan, _relay_at) == DONE:
                             release(self)
@@ -279,7 +280,7 @@ class Server(LinkedFlow, asyncio.Protocol):
             now = monotonic()
             if self.expect_rfq > 0:
                 self.expect_rfq -= 1
-            stats = self.pool.db.stats
+            stats = self.stats
             if self.query_start:
                 stats.query_count += 1
                 stats.query_time += int((now - self.query_start) * 1e6)

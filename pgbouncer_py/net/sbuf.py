@@ -53,9 +53,8 @@ def relay(conn, data, dst, scan, at, flags: int = -1) -> int:
         conn.tail = b""
     n = len(data)
     pos = conn.skip
-    start = 0                     # the first byte not yet forwarded or dropped
-    out = None                    # pieces to forward, once a handler dropped or replaced something
-    result = 0
+    out = None                    # pieces to forward, once a handler dropped or replaced something; then
+    result = 0                    # `start` is the first byte not yet forwarded or dropped (before: 0)
     while pos + 5 <= n:
         if flags >= 0:            # a counting walker (client_scan): requests and work are the peer's
             pos, requests, work = scan(data, pos, conn._max_packet, flags)
@@ -86,6 +85,7 @@ def relay(conn, data, dst, scan, at, flags: int = -1) -> int:
         if r == SKIP or r == SKIP_DONE:
             if out is None:
                 out = []
+                start = 0
             if pos > start:
                 out.append(data[start:pos])
             rep = conn.relay_arg
@@ -96,7 +96,7 @@ def relay(conn, data, dst, scan, at, flags: int = -1) -> int:
                 result = DONE
             continue
         # STOP, SWITCH: what came before the message goes, the handler has the rest
-        _write(dst, data, start, pos, out)
+        _write(dst, data, 0 if out is None else start, pos, out)
         conn.skip = 0
         if r == SWITCH:
             conn.tail = data[pos:]
@@ -107,7 +107,7 @@ def relay(conn, data, dst, scan, at, flags: int = -1) -> int:
         return STOP
     if pos >= n:
         conn.skip = pos - n
-        if out is None:           # (then nothing was dropped: start is 0)
+        if out is None:           # nothing was dropped
             dst.write(data)
         else:
             _write(dst, data, start, n, out)
@@ -115,7 +115,7 @@ def relay(conn, data, dst, scan, at, flags: int = -1) -> int:
         conn.skip = 0
         conn.tail = bytearray(memoryview(data)[pos:])
         conn.tail_need = 1 + _unpack_len(data, pos + 1)[0] if pos + 5 <= n else 5
-        _write(dst, data, start, pos, out)
+        _write(dst, data, 0 if out is None else start, pos, out)
     return result
 
 
