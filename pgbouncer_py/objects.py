@@ -1,5 +1,6 @@
 """Databases, users and pools, and the one place that moves a client or server between the lists of its pool,
-links and unlinks them, and releases a server at the end of a transaction.
+links and unlinks them (link_idle_fast is the hot link of an idle server), and releases a server at the end of a
+transaction (release, server_available: an auth_query lookup, a waiting client, or the idle list).
 
 A socket's state is a location (DESIGN.md rule 3): every client/server sits in exactly one list, counts are lengths.
 A move the state machine does not know (set_client_state/set_server_state) is an internal error: logged, and that

@@ -466,7 +466,8 @@ def unnamed_batch_end(data: bytes, pos: int, max_packet: int = 2147483647) -> in
 
 
 def handoff(client, server, data: bytes, pos: int) -> None:
-    """Start tracking at `pos` (a message boundary) of client bytes: what came before goes as it is."""
+    """Start tracking at `pos` (a message boundary) of client bytes: what came before goes as it is. (The relay
+    switches to tracking by itself, _client_at's SWITCH; this entry is for the unit tests.)"""
     if pos:
         server.transport.write(data[:pos])
     client.skip = 0

@@ -1,7 +1,7 @@
 """HOT: the relay, the one loop that moves protocol bytes from a connection to its linked peer, and the flow
 control between the two (PgBouncer's sbuf).
 
-`relay(conn, data, dst, scan, at)` takes one read: it puts the incomplete tail of the previous read in front,
+`relay(conn, data, dst, scan, at, flags=-1)` takes one read: it puts the incomplete tail of the previous read in front,
 walks message boundaries with `scan` (proto/scan's compiled or pure walkers, or None: stop at every message),
 calls the handler `at` at each boundary the walk stops at, forwards the spans the handlers let through with one
 `dst.write` per read, and keeps only an incomplete tail (in `conn.tail`; `conn.skip` is how far the last
@@ -23,10 +23,12 @@ message runs into the next read). Nothing here knows the protocol beyond the 5-b
                         the rest is left in `conn.tail` for the new handler (relay returns SWITCH)
 
 The client (client.py, through relay_up below), the server (server.py) and prepared-statement tracking
-(prepare.py) are such handlers;
-relay() returns DONE, STOP or SWITCH when one of them was decided (STOP/SWITCH end the walk), else 0. The loop
-keeps no state of its own between reads besides conn.tail/tail_need/skip, so a compiled version of it can
-replace this one behind the same interface.
+(prepare.py) are such handlers; relay() returns DONE, STOP or SWITCH when one of them was decided (STOP/SWITCH
+end the walk), else 0. The loop keeps no state of its own between reads besides conn.tail/tail_need/skip, so a
+compiled version of it can replace this one behind the same interface.
+
+Flow control: LinkedFlow (below) stops reading a peer while our send buffer is full; the client also pauses
+itself while it holds data with no server (client.py, _pause/_resume).
 """
 
 import struct
