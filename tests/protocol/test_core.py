@@ -1,0 +1,415 @@
+"""Client, Server, pooling and the janitor at the protocol level: real message bytes into the Client protocol,
+the bytes it writes back, the scripted PostgreSQL's view (tests/protocol/pgpeer.py), and the pool's state lists
+afterwards. No socket, no PostgreSQL; the whole file runs in well under a second.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from pgpeer import (
+    CANCEL_CODE,
+    CANCELED,
+    WELCOME_PARAMS,
+    PoolerHarness,
+    Script,
+    bind,
+    describe_portal,
+    errors,
+    execute,
+    parse,
+    pool_state,
+    result,
+    split_messages,
+    types,
+)
+
+from pgbouncer_py.objects import registry
+from pgbouncer_py.proto import build
+
+HOLD = "SELECT pg_sleep(10)"
+SELECT1 = result("SELECT 1", rows=[["1"]])
+
+
+@pytest.fixture
+def make(tmp_path, monkeypatch):
+    made = []
+
+    def factory(**kw) -> PoolerHarness:
+        h = PoolerHarness(tmp_path, monkeypatch, **kw)
+        made.append(h)
+        return h
+
+    yield factory
+    for h in made:
+        h.close()
+
+
+def welcome(key: bytes) -> bytes:
+    """AuthenticationOk, the server's parameters (the first server login's, in its order), BackendKeyData with
+    the pooler's own key, ReadyForQuery idle."""
+    return (build.auth_request(0) + b"".join(build.parameter_status(k, v) for k, v in WELCOME_PARAMS.items())
+            + build.msg(b"K", key) + build.ready_for_query(b"I"))
+
+
+def key_of(out: bytes) -> bytes:
+    keys = [body for t, body in split_messages(out) if t == b"K"]
+    assert len(keys) == 1 and len(keys[0]) == 8, out
+    return keys[0]
+
+
+def logged_in(h: PoolerHarness, user="app", password="secret"):
+    c = h.client()
+    out = c.login(user=user, password=password)
+    assert out == welcome(key_of(out))
+    return c
+
+
+# --- login ------------------------------------------------------------------------------------------------
+
+LOGINS = [
+    # auth_type, user, database, password, error (None: welcome), log line
+    ("trust", "app", "app", None, None, "login attempt: db=app user=app tls=no replication=no"),
+    ("md5", "app", "app", "secret", None, "login attempt: db=app user=app tls=no replication=no"),
+    ("md5", "md5user", "app", "md5pass", None, "login attempt: db=app user=md5user tls=no replication=no"),
+    ("md5", "app", "app", "wrong", "password authentication failed", "closing because: password authentication"),
+    ("md5", "nobody", "app", "x", "password authentication failed", "no such user: nobody"),
+    ("trust", "nobody", "app", None, '"trust" authentication failed', "no such user: nobody"),
+    ("md5", "app", "nope", "secret", "no such database: nope", "login failed: db=nope user=app"),
+]
+
+
+@pytest.mark.parametrize("auth_type,user,database,password,error,logline", LOGINS)
+def test_login(make, auth_type, user, database, password, error, logline):
+    h = make(auth_type=auth_type)
+    c = h.client()
+    assert c.state == "login" and c.protocol in registry.login_clients
+    out = c.login(user=user, database=database, password=password)
+    assert h.log_lines(logline), h.logs
+    if error is not None:
+        assert out == build.error_response(error, "08P01", "FATAL")     # after the md5 exchange, if any
+        assert c.transport.closed and not registry.login_clients
+        assert h.net.sessions == []                  # a refused client never costs a server connection
+        assert all(not p.client_count() for p in registry.pools.values())
+        return
+    key = key_of(out)
+    assert out == welcome(key)
+    assert registry.find_client_by_key(key) is c.protocol
+    pool = h.pool(user=user)
+    assert c.state == "active" and pool_state(pool) == {"active_clients": 1, "idle_servers": 1}
+    (pg,) = h.net.sessions
+    assert pg.startup_params == {"database": "appdb", "user": user}     # dbname= of [databases]
+    assert h.net.addresses == [("unix", str(h.tmp / "pg" / ".s.PGSQL.5432"))]
+
+
+def test_second_login_uses_the_pool_welcome(make):
+    """The welcome of a pool is its first server login's: a second client gets it without a new server."""
+    h = make(pool_mode="transaction")
+    logged_in(h)
+    c2 = logged_in(h)
+    assert c2.state == "active" and len(h.net.sessions) == 1
+    assert pool_state(h.pool()) == {"active_clients": 2, "idle_servers": 1}
+
+
+# --- queries ----------------------------------------------------------------------------------------------
+
+# pool_mode, state after one SELECT: the client keeps its server in session mode only
+AFTER_QUERY = [
+    ("session", True, {"active_clients": 1, "active_servers": 1}),
+    ("transaction", False, {"active_clients": 1, "idle_servers": 1}),
+    ("statement", False, {"active_clients": 1, "idle_servers": 1}),
+]
+
+
+@pytest.mark.parametrize("pool_mode,linked,state", AFTER_QUERY)
+def test_simple_query(make, pool_mode, linked, state):
+    h = make(pool_mode=pool_mode)
+    c = logged_in(h)
+    out = c.send(build.query("SELECT 1"))
+    assert out == SELECT1 + build.ready_for_query(b"I")          # PostgreSQL's bytes, unchanged
+    (pg,) = h.net.sessions
+    assert pg.received_messages == [(b"Q", b"SELECT 1\0")]       # the client's bytes, unchanged
+    assert (c.server is not None) == linked
+    assert pool_state(h.pool()) == state
+    stats = h.pool().db.stats
+    assert (stats.query_count, stats.xact_count) == (1, 1)
+
+
+# transaction pooling: (query, ReadyForQuery status, server still linked to the client after it)
+TRANSACTION = [
+    [("BEGIN", b"T", True), ("SELECT 1", b"T", True), ("COMMIT", b"I", False)],
+    [("BEGIN", b"T", True), ("SELECT 1/0", b"E", True), ("SELECT 1", b"E", True), ("ROLLBACK", b"I", False)],
+    [("SELECT 1", b"I", False), ("BEGIN", b"T", True), ("ROLLBACK", b"I", False), ("SELECT 1", b"I", False)],
+]
+
+
+@pytest.mark.parametrize("steps", TRANSACTION, ids=["commit", "error-rollback", "in-and-out"])
+def test_transaction_pooling_releases_on_idle(make, steps):
+    h = make(pool_mode="transaction")
+    c = logged_in(h)
+    pool = h.pool()
+    for sql, status, linked in steps:
+        out = c.send(build.query(sql))
+        assert out.endswith(build.ready_for_query(status)), (sql, out)
+        assert (c.server is not None) == linked, sql
+        if linked:
+            assert pool_state(pool) == {"active_clients": 1, "active_servers": 1}, sql
+        else:
+            assert pool_state(pool) == {"active_clients": 1, "idle_servers": 1}, sql
+    assert [q for q in h.net.sessions[0].queries] == [s for s, _, _ in steps]
+
+
+def test_extended_protocol_transaction_mode(make):
+    h = make(pool_mode="transaction")
+    c = logged_in(h)
+    batch = parse("", "SELECT 1") + bind("", "") + describe_portal() + execute() + build.sync()
+    out = c.send(batch)
+    assert types(out) == b"12TDCZ" and out.endswith(build.ready_for_query(b"I"))
+    (pg,) = h.net.sessions
+    assert b"".join(t for t, _ in pg.received_messages) == b"PBDES"
+    assert c.server is None and pool_state(h.pool()) == {"active_clients": 1, "idle_servers": 1}
+
+
+def test_extended_protocol_without_sync_keeps_server(make):
+    """Parse/Bind/Execute with Flush but no Sync: no ReadyForQuery yet, so the server stays with the client."""
+    h = make(pool_mode="transaction")
+    c = logged_in(h)
+    out = c.send(parse("", "SELECT 1") + bind("", "") + execute() + build.msg(b"H"))
+    assert types(out) == b"12DC"
+    assert c.server is not None and pool_state(h.pool()) == {"active_clients": 1, "active_servers": 1}
+    out = c.send(build.sync())
+    assert out == build.ready_for_query(b"I") and c.server is None
+
+
+def test_statement_mode_refuses_transactions(make):
+    h = make(pool_mode="statement")
+    c = logged_in(h)
+    out = c.send(build.query("BEGIN"))
+    assert out.startswith(build.command_complete("BEGIN"))
+    assert errors(out) == [("FATAL", "08P01", "transaction blocks not allowed in statement pooling mode")]
+    assert c.transport.closed and pool_state(h.pool()) == {}
+    assert h.net.sessions[0].terminated
+
+
+# --- waiting for a server ---------------------------------------------------------------------------------
+
+def test_client_queued_until_a_server_frees(make):
+    h = make(pool_mode="transaction", pool_size=1)
+    a = logged_in(h)
+    b = logged_in(h)
+    pool = h.pool()
+    assert a.send(build.query("BEGIN")) == build.command_complete("BEGIN") + build.ready_for_query(b"T")
+    assert b.send(build.query("SELECT 1")) == b""                 # no server: b waits, its query held
+    assert b.state == "waiting" and b.protocol in pool.waiting_clients
+    assert pool_state(pool) == {"waiting_clients": 1, "active_clients": 1, "active_servers": 1}
+    assert len(h.net.sessions) == 1                               # pool_size=1: no second server
+    out = a.send(build.query("COMMIT"))
+    assert out == build.command_complete("COMMIT") + build.ready_for_query(b"I")
+    assert b.transport.take() == SELECT1 + build.ready_for_query(b"I")    # served by the freed server
+    assert h.net.sessions[0].queries == ["BEGIN", "COMMIT", "SELECT 1"]
+    assert b.state == "active" and pool_state(pool) == {"active_clients": 2, "idle_servers": 1}
+
+
+def test_cancel_of_a_waiting_client(make):
+    """A cancel request for a queued client drops its queued query and answers it as PostgreSQL would."""
+    h = make(pool_mode="transaction", pool_size=1)
+    a = logged_in(h)
+    b = logged_in(h)
+    a.send(build.query("BEGIN"))
+    b.send(build.query("SELECT 1"))
+    assert b.state == "waiting"
+    canceller = h.client()
+    assert canceller.send(struct.pack("!II", 16, CANCEL_CODE) + b.cancel_key()) == b""
+    assert canceller.transport.closed
+    assert b.transport.take() == build.error_response(CANCELED[2], CANCELED[1], "ERROR") + build.ready_for_query(b"I")
+    assert b.state == "active" and h.net.cancel_requests == []
+    a.send(build.query("COMMIT"))
+    assert h.net.sessions[0].queries == ["BEGIN", "COMMIT"]       # the canceled query never ran
+
+
+# --- failures ---------------------------------------------------------------------------------------------
+
+# pool_mode, what PostgreSQL sent before it went away (client message types)
+DEATHS = [
+    ("session", b"", b""),
+    ("transaction", b"", b""),
+    ("session", build.row_description([("?column?", 23)]), b"T"),
+    ("transaction", build.row_description([("?column?", 23)]) + build.data_row(["1"]), b"TD"),
+]
+
+
+@pytest.mark.parametrize("pool_mode,partial,partial_types", DEATHS)
+def test_server_dies_mid_query(make, pool_mode, partial, partial_types):
+    h = make(pool_mode=pool_mode, script=Script(hold={HOLD}))
+    c = logged_in(h)
+    assert c.send(build.query(HOLD)) == b""
+    (pg,) = h.net.sessions
+    assert pg.held == [HOLD] and c.server is not None
+    if partial:
+        pg.send(partial)
+        h.settle()
+    pg.hang_up()
+    h.settle()
+    out = c.transport.take()
+    assert types(out) == partial_types + b"E"
+    assert errors(out) == [("FATAL", "08P01", "server conn crashed?")]
+    assert c.transport.closed and c.state == "free"
+    assert pool_state(h.pool()) == {}
+    assert h.log_lines("closing because: server conn crashed?")
+
+
+def test_server_refuses_connection(make):
+    """No PostgreSQL listening: the client waits for its login (server_login_retry), nothing is sent to it."""
+    h = make(script=Script(refuse_connect=True))
+    c = h.client()
+    out = c.login(password="secret")
+    assert out == build.auth_request(0)
+    assert c.state == "waiting_login" and pool_state(h.pool()) == {"waiting_clients": 1}
+    assert h.log_lines("closing because: connect failed")
+
+
+# pool_mode, queries before Terminate, what becomes of the server, what PostgreSQL received after them
+TERMINATES = [
+    ("transaction", [], {"idle_servers": 1}, []),
+    ("transaction", ["SELECT 1"], {"idle_servers": 1}, []),
+    ("session", ["SELECT 1"], {"idle_servers": 1}, ["DISCARD ALL"]),        # server_reset_query
+    ("transaction", ["BEGIN"], {}, ["X"]),                                  # in a transaction: closed
+]
+
+
+@pytest.mark.parametrize("pool_mode,before,state,after", TERMINATES)
+def test_terminate_from_client(make, pool_mode, before, state, after):
+    h = make(pool_mode=pool_mode)
+    c = logged_in(h)
+    for sql in before:
+        c.send(build.query(sql))
+    (pg,) = h.net.sessions
+    seen = len(pg.received_messages)
+    assert c.send(build.terminate()) == b""
+    assert c.transport.closed and c.state == "free"
+    assert h.log_lines("closing because: client close request")
+    assert pool_state(h.pool()) == state
+    later = [m[1][:-1].decode() if m[0] == b"Q" else m[0].decode() for m in pg.received_messages[seen:]]
+    assert later == after
+
+
+def test_client_eof_returns_server(make):
+    h = make(pool_mode="session")
+    c = logged_in(h)
+    c.send(build.query("SELECT 1"))
+    assert c.eof() == b""
+    assert h.log_lines("closing because: client unexpected eof")
+    assert pool_state(h.pool()) == {"idle_servers": 1}
+    assert h.net.sessions[0].queries == ["SELECT 1", "DISCARD ALL"]
+
+
+# --- cancel requests --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pool_mode", ["session", "transaction"])
+def test_cancel_request_reaches_postgres(make, pool_mode):
+    h = make(pool_mode=pool_mode, script=Script(hold={HOLD}))
+    c = logged_in(h)
+    c.send(build.query(HOLD))
+    (pg,) = h.net.sessions
+    canceller = h.client()
+    out = canceller.send(struct.pack("!II", 16, CANCEL_CODE) + c.cancel_key())
+    # the pooler opened a connection of its own to PostgreSQL with the backend's key, not the client's
+    assert h.net.cancel_requests == [(pg.pid, pg.key)]
+    assert out == b"" and canceller.transport.closed
+    assert not h.log_lines(f"{canceller.protocol.prefix()}closing because")     # closed quietly
+    assert c.transport.take() == build.error_response(CANCELED[2], CANCELED[1], "ERROR") + \
+        build.ready_for_query(b"I")
+    assert not c.transport.closed
+    assert pool_state(h.pool()) == ({"active_clients": 1, "active_servers": 1} if pool_mode == "session"
+                                    else {"active_clients": 1, "idle_servers": 1})
+
+
+def test_cancel_request_unknown_key(make):
+    h = make(script=Script(hold={HOLD}))
+    c = logged_in(h)
+    c.send(build.query(HOLD))
+    canceller = h.client()
+    assert canceller.send(struct.pack("!II", 16, CANCEL_CODE) + b"\0" * 8) == b""
+    assert canceller.transport.closed and h.net.cancel_requests == []
+    assert c.transport.take() == b"" and h.net.sessions[0].held == [HOLD]
+
+
+# --- protocol violations ----------------------------------------------------------------------------------
+
+# pool_mode, queries before the bad message, state after (the server survives: it never saw the message)
+UNKNOWN = [
+    ("transaction", [], {"idle_servers": 1}),
+    ("session", [], {"idle_servers": 1}),
+    ("session", ["SELECT 1"], {"idle_servers": 1}),
+]
+
+
+@pytest.mark.parametrize("pool_mode,before,state", UNKNOWN)
+def test_unknown_message_type(make, pool_mode, before, state):
+    h = make(pool_mode=pool_mode)
+    c = logged_in(h)
+    for sql in before:
+        c.send(build.query(sql))
+    out = c.send(build.msg(b"y", b"abc"))
+    assert errors(out) == [("FATAL", "08P01", "unknown pkt")]
+    assert h.log_lines("unknown pkt from client: 121/0x79")
+    assert c.transport.closed and c.state == "free"
+    (pg,) = h.net.sessions
+    assert all(t != b"y" for t, _ in pg.received_messages)       # never forwarded to PostgreSQL
+    assert pool_state(h.pool()) == state
+
+
+def test_bad_startup_packet(make):
+    h = make()
+    c = h.client()
+    out = c.send(struct.pack("!I", 4) + b"junk")
+    assert errors(out) == [("FATAL", "08P01", "bad packet header")]
+    assert c.transport.closed and not registry.login_clients
+
+
+# --- the janitor ------------------------------------------------------------------------------------------
+
+# setting, seconds the janitor looks ahead, who goes, the reason PgBouncer logs
+JANITOR = [
+    ("server_idle_timeout = 10", 5, None, None),
+    ("server_idle_timeout = 10", 11, "server", "server idle timeout"),
+    ("client_idle_timeout = 10", 5, None, None),
+    ("client_idle_timeout = 10", 11, "client", "client_idle_timeout"),
+    ("server_lifetime = 10", 11, "server", "server lifetime over"),
+]
+
+
+@pytest.mark.parametrize("setting,after,closed,reason", JANITOR)
+def test_janitor_idle_timeouts(make, setting, after, closed, reason):
+    h = make(pool_mode="transaction", extra=setting)
+    c = logged_in(h)
+    c.send(build.query("SELECT 1"))
+    (pg,) = h.net.sessions
+    h.janitor_tick(after)
+    pool = h.pool()
+    if closed is None:
+        assert pool_state(pool) == {"active_clients": 1, "idle_servers": 1}
+        assert not h.log_lines("closing because") and not pg.terminated
+        return
+    assert h.log_lines(f"closing because: {reason} (age=0s)")
+    if closed == "server":
+        assert pg.terminated and pg.received_messages[-1] == (b"X", b"")
+        assert pool_state(pool) == {"active_clients": 1}
+        assert c.transport.take() == b"" and not c.transport.closed
+    else:
+        assert errors(c.transport.take()) == [("FATAL", "08P01", reason)]
+        assert c.transport.closed and pool_state(pool) == {"idle_servers": 1}
+        assert not pg.terminated
+
+
+def test_janitor_query_wait_timeout(make):
+    h = make(pool_mode="transaction", pool_size=1, extra="query_wait_timeout = 10")
+    a = logged_in(h)
+    b = logged_in(h)
+    a.send(build.query("BEGIN"))
+    b.send(build.query("SELECT 1"))
+    h.janitor_tick(11)
+    assert errors(b.transport.take()) == [("FATAL", "08P01", "query_wait_timeout")]
+    assert h.log_lines("closing because: query_wait_timeout")
+    assert pool_state(h.pool()) == {"active_clients": 1, "active_servers": 1}
