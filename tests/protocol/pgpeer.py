@@ -269,14 +269,17 @@ class FakePostgres:
             self.transport.protocol.data_received(data)
 
     def hang_up(self) -> None:
-        """PostgreSQL closes the connection (say, the backend was terminated): EOF, then connection_lost."""
+        """PostgreSQL closes the connection (say, the backend was terminated) after what it sent so far:
+        EOF, then connection_lost."""
+        self.closed = True
+        self.net.loop.call_soon(self._hang_up_now)
+
+    def _hang_up_now(self) -> None:
         if self.transport.closed:
             return
-        self.closed = True
         self.transport.closed = True
-        proto = self.transport.protocol
-        self.net.loop.call_soon(proto.eof_received)
-        self.net.loop.call_soon(proto.connection_lost, None)
+        self.transport.protocol.eof_received()
+        self.transport.protocol.connection_lost(None)
 
     # protocol
     def _startup(self, pkt: bytes) -> None:

@@ -80,7 +80,9 @@ LOGINS = [
 ]
 
 
-@pytest.mark.parametrize("auth_type,user,database,password,error,logline", LOGINS)
+@pytest.mark.parametrize("auth_type,user,database,password,error,logline", LOGINS,
+                         ids=["trust", "md5-plain-secret", "md5-md5-secret", "wrong-password", "unknown-user-md5",
+                              "unknown-user-trust", "unknown-database"])
 def test_login(make, auth_type, user, database, password, error, logline):
     h = make(auth_type=auth_type)
     c = h.client()
@@ -110,6 +112,55 @@ def test_second_login_uses_the_pool_welcome(make):
     c2 = logged_in(h)
     assert c2.state == "active" and len(h.net.sessions) == 1
     assert pool_state(h.pool()) == {"active_clients": 2, "idle_servers": 1}
+
+
+# PostgreSQL's password for user app (None: trust), what the first client gets after AuthenticationOk
+SERVER_LOGINS = [
+    (None, None),
+    ("secret", None),                   # md5 towards PostgreSQL with the auth_file password
+    ("other", ("FATAL", "28P01", 'password authentication failed for user "app"')),
+]
+
+
+@pytest.mark.parametrize("pg_password,error", SERVER_LOGINS, ids=["trust", "md5", "md5-refused"])
+def test_server_login(make, pg_password, error):
+    h = make(script=Script(password=pg_password))
+    c = h.client()
+    out = c.login(password="secret")
+    (pg,) = h.net.sessions
+    if error is None:
+        assert out == welcome(key_of(out))
+        assert pg.phase == "work" and pool_state(h.pool()) == {"active_clients": 1, "idle_servers": 1}
+        return
+    # the refusal goes to the waiting client with PostgreSQL's SQLSTATE; the pool remembers it
+    assert out == build.auth_request(0) + build.error_response(error[2], error[1], error[0])
+    assert c.transport.closed and pool_state(h.pool()) == {}
+    assert h.log_lines(f"server login failed: FATAL {error[2]}")
+    # the pool has no welcome yet: the next client waits for a login, which is not retried before
+    # server_login_retry (15 s)
+    c2 = h.client()
+    assert c2.login(password="secret") == build.auth_request(0)
+    assert c2.state == "waiting_login" and len(h.net.sessions) == 1
+
+
+def test_server_login_refused_after_welcome(make):
+    """A pool that has its welcome: a refused server login ends the waiting client with PostgreSQL's error,
+    and the next one at once with the cached error (server_login_retry)."""
+    h = make(pool_mode="transaction", extra="server_idle_timeout = 10", script=Script(password="secret"))
+    c = logged_in(h)
+    c.send(build.query("SELECT 1"))
+    h.janitor_tick(11)                                  # the idle server goes
+    assert pool_state(h.pool()) == {"active_clients": 1}
+    h.net.script.password = "changed"                   # ALTER ROLE app PASSWORD ...
+    out = c.send(build.query("SELECT 1"))
+    refused = 'password authentication failed for user "app"'
+    assert out == build.error_response(refused, "28P01", "FATAL") and c.transport.closed
+    assert len(h.net.sessions) == 2
+    c2 = logged_in(h)                                   # the welcome needs no server
+    out = c2.send(build.query("SELECT 1"))
+    assert errors(out) == [("FATAL", "08P01", f"server login has been failing, cached error: {refused} "
+                                              "(server_login_retry)")]
+    assert len(h.net.sessions) == 2 and pool_state(h.pool()) == {}
 
 
 # --- queries ----------------------------------------------------------------------------------------------
@@ -211,6 +262,20 @@ def test_client_queued_until_a_server_frees(make):
     assert b.state == "active" and pool_state(pool) == {"active_clients": 2, "idle_servers": 1}
 
 
+def test_session_pooling_queue(make):
+    """Session pooling: the server is the client's until it leaves; the next one gets it after the reset."""
+    h = make(pool_mode="session", pool_size=1)
+    a = logged_in(h)
+    b = logged_in(h)
+    a.send(build.query("SELECT 1"))
+    assert b.send(build.query("SELECT 1")) == b"" and b.state == "waiting"
+    assert a.send(build.query("SELECT 1")) == SELECT1 + build.ready_for_query(b"I")    # still a's server
+    assert a.send(build.terminate()) == b""
+    assert b.transport.take() == SELECT1 + build.ready_for_query(b"I")
+    assert h.net.sessions[0].queries == ["SELECT 1", "SELECT 1", "DISCARD ALL", "SELECT 1"]
+    assert b.server is not None and pool_state(h.pool()) == {"active_clients": 1, "active_servers": 1}
+
+
 def test_cancel_of_a_waiting_client(make):
     """A cancel request for a queued client drops its queued query and answers it as PostgreSQL would."""
     h = make(pool_mode="transaction", pool_size=1)
@@ -239,7 +304,8 @@ DEATHS = [
 ]
 
 
-@pytest.mark.parametrize("pool_mode,partial,partial_types", DEATHS)
+@pytest.mark.parametrize("pool_mode,partial,partial_types", DEATHS,
+                         ids=["session-silent", "transaction-silent", "session-after-T", "transaction-after-TD"])
 def test_server_dies_mid_query(make, pool_mode, partial, partial_types):
     h = make(pool_mode=pool_mode, script=Script(hold={HOLD}))
     c = logged_in(h)
@@ -413,3 +479,53 @@ def test_janitor_query_wait_timeout(make):
     assert errors(b.transport.take()) == [("FATAL", "08P01", "query_wait_timeout")]
     assert h.log_lines("closing because: query_wait_timeout")
     assert pool_state(h.pool()) == {"active_clients": 1, "active_servers": 1}
+
+
+# setting, queries the client runs (HOLD gets no answer), seconds ahead, the reason the server is closed for
+ACTIVE_TIMEOUTS = [
+    ("idle_transaction_timeout = 10", ["BEGIN"], 5, None),
+    ("idle_transaction_timeout = 10", ["BEGIN"], 11, "idle transaction timeout"),
+    ("query_timeout = 10", [HOLD], 5, None),
+    ("query_timeout = 10", [HOLD], 11, "query timeout"),
+    ("transaction_timeout = 10", ["BEGIN", "SELECT 1"], 11, "transaction timeout"),
+]
+
+
+@pytest.mark.parametrize("setting,queries,after,reason", ACTIVE_TIMEOUTS)
+def test_janitor_active_timeouts(make, setting, queries, after, reason):
+    h = make(pool_mode="transaction", extra=setting, script=Script(hold={HOLD}))
+    c = logged_in(h)
+    for sql in queries:
+        c.send(build.query(sql))
+    c.transport.take()
+    (pg,) = h.net.sessions
+    h.janitor_tick(after)
+    if reason is None:
+        assert c.transport.take() == b"" and not c.transport.closed
+        assert pool_state(h.pool()) == {"active_clients": 1, "active_servers": 1}
+        return
+    assert h.log_lines(f"closing because: {reason} (age=0s)")
+    assert errors(c.transport.take()) == [("FATAL", "08P01", reason)]      # the client is told and closed
+    assert c.transport.closed and pool_state(h.pool()) == {}
+    assert pg.closed
+
+
+# seconds a client has waited for a server, what it was sent meanwhile
+WAIT_NOTIFY = [
+    (4, b""),
+    (6, build.notice_response("No server connection available in postgres backend, client being queued")),
+]
+
+
+@pytest.mark.parametrize("after,sent", WAIT_NOTIFY)
+def test_janitor_query_wait_notify(make, after, sent):
+    h = make(pool_mode="transaction", pool_size=1)      # query_wait_notify = 5 by default
+    a = logged_in(h)
+    b = logged_in(h)
+    a.send(build.query("BEGIN"))
+    b.send(build.query("SELECT 1"))
+    h.janitor_tick(after)
+    assert b.transport.take() == sent
+    h.janitor_tick(after)
+    assert b.transport.take() == b""                   # once per wait
+    assert b.state == "waiting" and not b.transport.closed
