@@ -529,8 +529,7 @@ class PoolerHarness:
 
     def settle(self, turns: int = 30) -> None:
         """Run the loop until what the fakes scheduled (answers, connection_lost, connect tasks) has happened."""
-        for _ in range(turns):
-            self.loop.run_until_complete(asyncio.sleep(0))
+        self.loop.run_until_complete(_turns(turns))
 
     def client(self) -> FakeClient:
         return FakeClient(self, next(self.ports))
@@ -545,6 +544,12 @@ class PoolerHarness:
 
     def log_lines(self, text: str) -> list[str]:
         return [line for line in self.logs if text in line]
+
+
+async def _turns(n: int) -> None:
+    """n iterations of the event loop: each sleep(0) lets everything already scheduled run once."""
+    for _ in range(n):
+        await asyncio.sleep(0)
 
 
 def pool_state(pool) -> dict[str, int]:
