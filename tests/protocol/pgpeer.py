@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import struct
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from pgbouncer_py.main import Pooler
 from pgbouncer_py.objects import CLIENT_LISTS, SERVER_LISTS, registry
 from pgbouncer_py.proto import build
 
+_SET = re.compile(r"""\s*SET\s+("?\w+"?)\s*(?:=|\s+TO\s+)\s*('(?:[^']|'')*'|[^;']+)\s*;?""", re.I)
+_SETS = re.compile(f"(?:{_SET.pattern})+", re.I)
 CANCEL_CODE = 80877102
 SSL_CODE = 80877103
 _I32 = struct.Struct("!I")
@@ -231,6 +234,7 @@ class FakePostgres:
         FakePostgres.next_pid += 1
         self.pid = FakePostgres.next_pid
         self.key = struct.pack("!I", self.pid * 7919 % 2**32)
+        self.params = dict(self.script.params)        # this backend's reported parameters
         self.salt = b"\x01\x02\x03\x04"
 
     # transport side
@@ -307,7 +311,7 @@ class FakePostgres:
     def _logged_in(self) -> None:
         self.phase = "work"
         out = build.auth_request(0)
-        out += b"".join(build.parameter_status(k, v) for k, v in self.script.params.items())
+        out += b"".join(build.parameter_status(k, v) for k, v in self.params.items())
         out += build.msg(b"K", _I32.pack(self.pid) + self.key)
         self.send(out + build.ready_for_query(b"I"))
 
@@ -329,6 +333,9 @@ class FakePostgres:
             self.queries.append(sql)
             if sql in self.script.hold:
                 self.held.append(sql)
+                return
+            if _SETS.fullmatch(sql):
+                self.send(self._run_sets(sql) + build.ready_for_query(self.status))
                 return
             self.send(self._run(sql) + build.ready_for_query(self.status))
         elif t == b"P":
@@ -369,6 +376,19 @@ class FakePostgres:
         if word == "SELECT":
             return result("SELECT 1", rows=[["1"]])
         return build.error_response(f'syntax error at or near "{sql.split()[0]}"', "42601", "ERROR")
+
+    def _run_sets(self, sql: str) -> bytes:
+        """`SET name='value';` statements (what the pooler sends to apply a client's parameters): a
+        CommandComplete each, then ParameterStatus for the reported parameters that changed."""
+        out, changed = b"", {}
+        for name, value in _SET.findall(sql):
+            name = name.strip('"')
+            value = value[1:-1].replace("''", "'") if value.startswith("'") else value.strip()
+            out += build.command_complete("SET")
+            for known in self.params:
+                if known.lower() == name.lower():
+                    self.params[known] = changed[known] = value
+        return out + b"".join(build.parameter_status(k, v) for k, v in changed.items())
 
     def answer_held(self, error: tuple[str, str, str] | None = None) -> None:
         """Answer the oldest held query: its result, or the ErrorResponse `error` (severity, code, text)."""

@@ -18,10 +18,12 @@ from pgpeer import (
     describe_portal,
     errors,
     execute,
+    md5_password,
     parse,
     pool_state,
     result,
     split_messages,
+    startup,
     types,
 )
 
@@ -529,3 +531,38 @@ def test_janitor_query_wait_notify(make, after, sent):
     h.janitor_tick(after)
     assert b.transport.take() == b""                   # once per wait
     assert b.state == "waiting" and not b.transport.closed
+
+
+# --- parameters that follow the client (varcache) ---------------------------------------------------------
+
+# who runs what; what PostgreSQL receives for it (the pooler's SETs first); what the client is sent
+VARCACHE = [
+    ("a", "SELECT 1", ["SET application_name='a';", "SELECT 1"], SELECT1),
+    ("a", "SELECT 1", ["SELECT 1"], SELECT1),                      # the server has a's value now
+    ("b", "SELECT 1", ["SET application_name='b';", "SELECT 1"], SELECT1),
+    ("a", "SET application_name = 'z'", ["SET application_name='a';", "SET application_name = 'z'"],
+     build.command_complete("SET") + build.parameter_status("application_name", "z")),
+    ("b", "SELECT 1", ["SET application_name='b';", "SELECT 1"], SELECT1),
+    ("a", "SELECT 1", ["SET application_name='z';", "SELECT 1"], SELECT1),   # the value a set itself
+]
+
+
+def test_tracked_parameters_follow_the_client(make):
+    """Transaction pooling, one server, two clients with their own application_name: before a client's
+    query the pooler SETs the value that client has, and only when the server's differs."""
+    h = make(pool_mode="transaction", pool_size=1)
+    clients = {}
+    for name in ("a", "b"):
+        c = h.client()
+        out = c.send(startup("app", "app", application_name=name))
+        out += c.send(md5_password("secret", "app", out[9:13]))
+        params = dict(WELCOME_PARAMS, application_name=name)        # the client's own value, in the welcome
+        assert out[13:] == (build.auth_request(0) + b"".join(build.parameter_status(k, v) for k, v in params.items())
+                            + build.msg(b"K", key_of(out)) + build.ready_for_query(b"I"))
+        clients[name] = c
+    (pg,) = h.net.sessions
+    for who, sql, received, sent in VARCACHE:
+        seen = len(pg.queries)
+        assert clients[who].send(build.query(sql)) == sent + build.ready_for_query(b"I"), (who, sql)
+        assert pg.queries[seen:] == received, (who, sql)
+    assert pool_state(h.pool()) == {"active_clients": 2, "idle_servers": 1}
