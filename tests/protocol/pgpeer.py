@@ -200,6 +200,7 @@ class Script:
     params: dict = field(default_factory=lambda: dict(WELCOME_PARAMS))
     hold: set = field(default_factory=set)          # queries that get no answer until answer_held()
     refuse_connect: bool = False
+    chunk: int = 0                      # > 0: answers reach the pooler in pieces of this many bytes
 
 
 def result(tag: str, rows=(), columns=("?column?",)) -> bytes:
@@ -265,8 +266,9 @@ class FakePostgres:
         self.closed = True
 
     def send(self, data: bytes) -> None:
-        if data:
-            self.net.loop.call_soon(self._deliver, data)
+        step = self.script.chunk or len(data)
+        for i in range(0, len(data), step):
+            self.net.loop.call_soon(self._deliver, data[i:i + step])
 
     def _deliver(self, data: bytes) -> None:
         if not self.transport.closed:

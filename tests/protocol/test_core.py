@@ -213,6 +213,74 @@ def test_transaction_pooling_releases_on_idle(make, steps):
     assert [q for q in h.net.sessions[0].queries] == [s for s, _, _ in steps]
 
 
+# PostgreSQL's answers cut into pieces of this many bytes (0: whole), crossing every message boundary
+@pytest.mark.parametrize("chunk", [0, 1, 2, 3, 5, 7, 64])
+def test_server_answers_in_pieces(make, chunk):
+    h = make(pool_mode="transaction", script=Script(chunk=chunk))
+    c = logged_in(h)
+    for sql, status, linked in TRANSACTION[0]:
+        out = c.send(build.query(sql))
+        answer = SELECT1 if sql == "SELECT 1" else build.command_complete(sql)
+        assert out == answer + build.ready_for_query(status)
+        assert (c.server is not None) == linked
+    assert pool_state(h.pool()) == {"active_clients": 1, "idle_servers": 1}
+    assert h.pool().db.stats.xact_count == 1
+
+
+PIPELINE = (build.query("SELECT 1") + parse("", "SELECT 1") + bind("", "") + describe_portal() + execute()
+            + build.sync() + build.query("SELECT 1"))
+
+
+# the client's pipelined bytes cut at these offsets (each piece a separate data_received)
+@pytest.mark.parametrize("cuts", [[], [1], [4], [5], [6], [len(PIPELINE) - 1], list(range(1, len(PIPELINE)))],
+                         ids=["whole", "1", "4", "5", "6", "last", "every-byte"])
+def test_client_pipeline_in_pieces(make, cuts):
+    """Three requests in one stream (Query, an extended batch up to Sync, Query): forwarded unchanged
+    however they are cut, the server released only after the third ReadyForQuery."""
+    h = make(pool_mode="transaction")
+    c = logged_in(h)
+    bounds = [0, *cuts, len(PIPELINE)]
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        c.send(PIPELINE[a:b], settle=False)
+    h.settle()
+    out = c.transport.take()
+    assert out == (SELECT1 + build.ready_for_query(b"I") + build.msg(b"1") + build.msg(b"2")
+                   + build.row_description([("?column?", 23)]) + build.data_row(["1"])
+                   + build.command_complete("SELECT 1") + build.ready_for_query(b"I")
+                   + SELECT1 + build.ready_for_query(b"I"))
+    (pg,) = h.net.sessions
+    assert b"".join(build.msg(t, body) for t, body in pg.received_messages) == PIPELINE
+    assert c.server is None and pool_state(h.pool()) == {"active_clients": 1, "idle_servers": 1}
+
+
+def test_pipeline_keeps_server_until_last_ready(make):
+    """Two Queries sent together, PostgreSQL's first answer in: the server stays linked for the second."""
+    h = make(pool_mode="transaction", script=Script(hold={HOLD}))
+    c = logged_in(h)
+    out = c.send(build.query("SELECT 1") + build.query(HOLD))
+    assert out == SELECT1 + build.ready_for_query(b"I")
+    assert c.server is not None and pool_state(h.pool()) == {"active_clients": 1, "active_servers": 1}
+    h.net.sessions[0].answer_held()
+    h.settle()
+    assert c.transport.take() == SELECT1 + build.ready_for_query(b"I")
+    assert c.server is None and pool_state(h.pool()) == {"active_clients": 1, "idle_servers": 1}
+
+
+# which side's send buffer fills up: the other side stops being read until it drains
+@pytest.mark.parametrize("full", ["client", "server"])
+def test_flow_control(make, full):
+    h = make(pool_mode="session")
+    c = logged_in(h)
+    c.send(build.query("SELECT 1"))
+    server = c.server
+    (pg,) = h.net.sessions
+    full_side, other = (c.protocol, pg.transport) if full == "client" else (server, c.transport)
+    full_side.pause_writing()
+    assert not other.is_reading()
+    full_side.resume_writing()
+    assert other.is_reading()
+
+
 def test_extended_protocol_transaction_mode(make):
     h = make(pool_mode="transaction")
     c = logged_in(h)
