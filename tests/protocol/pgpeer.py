@@ -229,6 +229,8 @@ class FakePostgres:
         self.queries: list[str] = []
         self.status = b"I"
         self.held: list[str] = []
+        self.statements: dict[bytes, str] = {}      # prepared statements on this backend: name -> SQL
+        self.skipping = False                       # an extended-protocol error: skip to Sync
         self.closed = False
         self.terminated = False
         self.cancel_for: tuple[int, bytes] | None = None
@@ -340,18 +342,39 @@ class FakePostgres:
                 self.send(self._run_sets(sql) + build.ready_for_query(self.status))
                 return
             self.send(self._run(sql) + build.ready_for_query(self.status))
+        elif t == b"S":
+            self.skipping = False
+            self.send(build.ready_for_query(self.status))
+        elif self.skipping:
+            return                                  # after an error, extended messages wait for the Sync
         elif t == b"P":
+            name, rest = body.split(b"\0", 1)
+            if name and name in self.statements:
+                self._extended_error(f'prepared statement "{name.decode()}" already exists', "42P05")
+                return
+            if name:
+                self.statements[name] = rest.split(b"\0", 1)[0].decode()
             self.send(build.msg(b"1"))
         elif t == b"B":
+            stmt = body.split(b"\0", 2)[1]
+            if stmt and stmt not in self.statements:
+                self._extended_error(f'prepared statement "{stmt.decode()}" does not exist', "26000")
+                return
             self.send(build.msg(b"2"))
         elif t == b"D":
             self.send(build.row_description([("?column?", 23)]))
         elif t == b"E":
             self.send(build.data_row(["1"]) + build.command_complete("SELECT 1"))
-        elif t == b"S":
-            self.send(build.ready_for_query(self.status))
         elif t == b"C":
+            if body[:1] == b"S":
+                self.statements.pop(body[1:].split(b"\0", 1)[0], None)
             self.send(build.msg(b"3"))
+
+    def _extended_error(self, text: str, code: str) -> None:
+        self.skipping = True
+        if self.status == b"T":
+            self.status = b"E"
+        self.send(build.error_response(text, code, "ERROR"))
 
     def _run(self, sql: str) -> bytes:
         word = sql.split(None, 1)[0].upper() if sql.strip() else ""
@@ -518,6 +541,8 @@ class PoolerHarness:
         self.tmp = tmp_path
         self.logs: list[str] = []
         monkeypatch.setattr(log, "write", self._log)
+        for attr in ("verbose", "quiet", "logfile_path", "syslog_on"):     # Pooler.apply_config configures log
+            monkeypatch.setattr(log, attr, getattr(log, attr))
         userlist = tmp_path / "userlist.txt"
         md5 = hashlib.md5(b"md5passmd5user").hexdigest()
         userlist.write_text(USERLIST.format(md5=md5))

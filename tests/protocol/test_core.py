@@ -634,3 +634,48 @@ def test_tracked_parameters_follow_the_client(make):
         assert clients[who].send(build.query(sql)) == sent + build.ready_for_query(b"I"), (who, sql)
         assert pg.queries[seen:] == received, (who, sql)
     assert pool_state(h.pool()) == {"active_clients": 2, "idle_servers": 1}
+
+
+# --- protocol-level prepared statements (max_prepared_statements) -----------------------------------------
+
+EXEC = bind("", "s1") + execute() + build.sync()
+ROWS = build.data_row(["1"]) + build.command_complete("SELECT 1") + build.ready_for_query(b"I")
+
+# client, what it sends, what it is sent, backend that gets it, message types that backend receives,
+# and how many of them are Parses of the statement (under the pooler's name)
+PREPARED = [
+    ("a", parse("s1", "SELECT 1") + build.sync(), build.msg(b"1") + build.ready_for_query(b"I"), 0, b"PS", 1),
+    ("a", EXEC, build.msg(b"2") + ROWS, 0, b"BES", 0),
+    # b's own name for the same SQL: the backend has the statement, the pooler answers the Parse itself
+    ("b", parse("other", "SELECT 1") + bind("", "other") + execute() + build.sync(),
+     build.msg(b"1") + build.msg(b"2") + ROWS, 0, b"BES", 0),
+    ("b", build.query("BEGIN"), build.command_complete("BEGIN") + build.ready_for_query(b"T"), 0, b"Q", 0),
+    # backend 0 is b's for now: a gets a new server, where the pooler prepares s1 first (its ParseComplete
+    # is not a's)
+    ("a", EXEC, build.msg(b"2") + ROWS, 1, b"PBES", 1),
+    ("a", build.msg(b"C", b"Ss1\0") + build.sync(), build.msg(b"3") + build.ready_for_query(b"I"), 1, b"S", 0),
+    ("a", EXEC, errors, 1, b"", 0),
+]
+
+
+def test_prepared_statements_across_servers(make):
+    h = make(pool_mode="transaction", pool_size=2)
+    clients = {"a": logged_in(h), "b": logged_in(h)}
+    for step, (who, data, sent, backend, received, parses) in enumerate(PREPARED):
+        before = [len(pg.received_messages) for pg in h.net.sessions]
+        out = clients[who].send(data)
+        pg = h.net.sessions[backend]
+        new = pg.received_messages[before[backend] if backend < len(before) else 0:]
+        if sent is errors:
+            # a Close makes the name unknown: the pooler refuses the Bind itself
+            assert errors(out) == [("FATAL", "08P01", "prepared statement did not exist")], step
+            assert clients[who].transport.closed
+            continue
+        assert out == sent, step
+        assert b"".join(t for t, _ in new) == received, step
+        names = [body.split(b"\0", 1)[0] for t, body in new if t == b"P"]
+        assert len(names) == parses and all(n.startswith(b"PGBOUNCER_") for n in names), (step, names)
+        binds = [body.split(b"\0", 2)[1] for t, body in new if t == b"B"]
+        assert all(n in pg.statements for n in binds), step       # every Bind names a statement it has
+    assert len(h.net.sessions) == 2
+    assert h.net.sessions[0].statements.keys() == h.net.sessions[1].statements.keys()
