@@ -175,13 +175,6 @@ class FakeTransport(asyncio.Transport):
         if self.protocol is not None:
             self.loop.call_soon(self.protocol.connection_lost, None)
 
-    def drop(self) -> None:
-        """The far end went away without a word (a crash): the protocol sees connection_lost at once."""
-        if self.closed:
-            return
-        self.closed = True
-        self.protocol.connection_lost(ConnectionResetError("connection reset by peer"))
-
 
 # --- the scripted PostgreSQL ------------------------------------------------------------------------------
 
@@ -496,6 +489,7 @@ class FakeClient:
         self.protocol = Client(listener=None)
         self.transport = FakeTransport(pooler.loop, self.protocol, peername=("127.0.0.1", port))
         self.protocol.connection_made(self.transport)
+        self.key = b""
 
     def send(self, data: bytes, settle: bool = True) -> bytes:
         """Feed bytes to the client protocol, let the loop run, return what the client was sent."""
@@ -525,11 +519,14 @@ class FakeClient:
         if password is not None:
             assert out[:9] == b"R\0\0\0\x0c\0\0\0\x05" and len(out) == 13, out   # AuthenticationMD5Password
             out = self.send(md5_password(password, user, out[9:13]))
+        keys = [body for t, body in split_messages(out) if t == b"K"] if out[-6:-1] == b"Z\0\0\0\x05" else []
+        self.key = keys[0] if keys else b""
         return out
 
     def cancel_key(self) -> bytes:
-        """The BackendKeyData the welcome gave (kept from login())."""
-        return self.protocol.cancel_key
+        """The key of the BackendKeyData the welcome gave (kept by login())."""
+        assert self.key, "no welcome seen"
+        return self.key
 
 
 class PoolerHarness:
