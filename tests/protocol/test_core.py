@@ -679,3 +679,40 @@ def test_prepared_statements_across_servers(make):
         assert all(n in pg.statements for n in binds), step       # every Bind names a statement it has
     assert len(h.net.sessions) == 2
     assert h.net.sessions[0].statements.keys() == h.net.sessions[1].statements.keys()
+
+
+# what PostgreSQL sends on its own to an idle server connection; whether the pooler keeps it (then: what
+# PostgreSQL receives for the client's next query), or its log line
+UNSOLICITED = [
+    (build.notice_response("checkpoint starting"), True, ["SELECT 1"]),
+    (build.msg(b"A", struct.pack("!I", 7) + b"chan\0payload\0"), True, ["SELECT 1"]),   # NotificationResponse
+    # the server's value changed: the client's is SET again before its query
+    (build.parameter_status("TimeZone", "Europe/Paris"), True, ["SET TimeZone='UTC';", "SELECT 1"]),
+    (build.error_response("terminating connection due to administrator command", "57P01"), False,
+     "got packet 'E' from server when not linked"),
+    (build.command_complete("SELECT 1"), False, "closing because: idle server got unexpected message: 'C'"),
+    (b"", False, "closing because: server closed connection"),          # a plain EOF
+]
+
+
+@pytest.mark.parametrize("data,kept,then", UNSOLICITED,
+                         ids=["notice", "notification", "parameter", "fatal", "stray-result", "eof"])
+def test_idle_server_gets_unsolicited_data(make, data, kept, then):
+    h = make(pool_mode="transaction")
+    c = logged_in(h)
+    c.send(build.query("SELECT 1"))
+    (pg,) = h.net.sessions
+    if data:
+        pg.send(data)
+    else:
+        pg.hang_up()
+    h.settle()
+    assert c.transport.take() == b"" and not c.transport.closed      # nobody's client is told
+    if kept:
+        assert pool_state(h.pool()) == {"active_clients": 1, "idle_servers": 1}
+        assert not h.log_lines("closing because")
+        assert c.send(build.query("SELECT 1")) == SELECT1 + build.ready_for_query(b"I")
+        assert pg.queries[1:] == then
+    else:
+        assert pool_state(h.pool()) == {"active_clients": 1}
+        assert h.log_lines(then), h.logs
