@@ -597,6 +597,14 @@ async def _turns(n: int) -> None:
 
 
 def pool_state(pool) -> dict[str, int]:
-    """Non-empty state lists of a pool: {'active_clients': 1, 'idle_servers': 1, ...}."""
+    """Non-empty state lists of a pool: {'active_clients': 1, 'idle_servers': 1, ...}. Checks the house rule
+    on the way: every client and server is in exactly one list, the one its state names."""
+    seen = set()
+    for mapping in (CLIENT_LISTS, SERVER_LISTS):
+        for name in set(mapping.values()):
+            for obj in getattr(pool, name):
+                assert mapping.get(obj.state) == name, f"{obj!r} in {name} with state {obj.state}"
+                assert id(obj) not in seen, f"{obj!r} in two lists"
+                seen.add(id(obj))
     names = dict.fromkeys(list(CLIENT_LISTS.values()) + list(SERVER_LISTS.values()))
     return {name: len(getattr(pool, name)) for name in names if getattr(pool, name)}

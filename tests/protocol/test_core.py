@@ -528,7 +528,7 @@ def test_janitor_idle_timeouts(make, setting, after, closed, reason):
         assert pool_state(pool) == {"active_clients": 1, "idle_servers": 1}
         assert not h.log_lines("closing because") and not pg.terminated
         return
-    assert h.log_lines(f"closing because: {reason} (age=0s)")
+    assert h.log_lines(f"closing because: {reason} (age=")
     if closed == "server":
         assert pg.terminated and pg.received_messages[-1] == (b"X", b"")
         assert pool_state(pool) == {"active_clients": 1}
@@ -537,6 +537,29 @@ def test_janitor_idle_timeouts(make, setting, after, closed, reason):
         assert errors(c.transport.take()) == [("FATAL", "08P01", reason)]
         assert c.transport.closed and pool_state(pool) == {"idle_servers": 1}
         assert not pg.terminated
+
+
+# what the client sent before going quiet; seconds ahead (client_login_timeout = 60 by default)
+LOGIN_TIMEOUTS = [
+    (b"", 59, False),
+    (b"", 61, True),
+    (startup("app", "app"), 61, True),            # asked for its password, never sent it
+]
+
+
+@pytest.mark.parametrize("sent,after,closed", LOGIN_TIMEOUTS, ids=["quiet-59s", "quiet-61s", "no-password"])
+def test_janitor_client_login_timeout(make, sent, after, closed):
+    h = make()
+    c = h.client()
+    if sent:
+        c.send(sent)
+    h.janitor_tick(after)
+    if not closed:
+        assert c.transport.take() == b"" and c.protocol in registry.login_clients
+        return
+    assert errors(c.transport.take()) == [("FATAL", "08P01", "client_login_timeout")]
+    assert c.transport.closed and not registry.login_clients
+    assert h.log_lines("closing because: client_login_timeout (age=")
 
 
 def test_janitor_query_wait_timeout(make):
@@ -574,7 +597,7 @@ def test_janitor_active_timeouts(make, setting, queries, after, reason):
         assert c.transport.take() == b"" and not c.transport.closed
         assert pool_state(h.pool()) == {"active_clients": 1, "active_servers": 1}
         return
-    assert h.log_lines(f"closing because: {reason} (age=0s)")
+    assert h.log_lines(f"closing because: {reason} (age=")
     assert errors(c.transport.take()) == [("FATAL", "08P01", reason)]      # the client is told and closed
     assert c.transport.closed and pool_state(h.pool()) == {}
     assert pg.closed
