@@ -281,6 +281,28 @@ def test_flow_control(make, full):
     assert other.is_reading()
 
 
+# settings; what PostgreSQL receives when one client runs SELECT 1 twice in transaction pooling
+REUSE = [
+    ("", ["SELECT 1", "SELECT 1"]),
+    ("server_check_delay = 0", ["", "SELECT 1", "", "SELECT 1"]),            # the empty check, every time
+    ("server_check_delay = 0\nserver_check_query = select 2", ["select 2", "SELECT 1", "select 2", "SELECT 1"]),
+    ("server_reset_query_always = 1", ["SELECT 1", "DISCARD ALL", "SELECT 1", "DISCARD ALL"]),
+    ("server_reset_query_always = 1\nserver_reset_query =", ["SELECT 1", "SELECT 1"]),
+]
+
+
+@pytest.mark.parametrize("extra,queries", REUSE, ids=["default", "check", "check-query", "reset-always",
+                                                       "reset-always-no-query"])
+def test_server_reuse(make, extra, queries):
+    h = make(pool_mode="transaction", extra=extra)
+    c = logged_in(h)
+    for _ in range(2):
+        assert c.send(build.query("SELECT 1")) == SELECT1 + build.ready_for_query(b"I")
+    (pg,) = h.net.sessions
+    assert pg.queries == queries
+    assert pool_state(h.pool()) == {"active_clients": 1, "idle_servers": 1}
+
+
 def test_extended_protocol_transaction_mode(make):
     h = make(pool_mode="transaction")
     c = logged_in(h)
