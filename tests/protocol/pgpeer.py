@@ -108,6 +108,8 @@ class FakeTransport(asyncio.Transport):
     """Records what the protocol writes; `far` (a FakePostgres) gets it too. close()/abort() end the connection
     as an asyncio transport does: connection_lost(None) on the next loop turn."""
 
+    events = 0          # writes, closes and deliveries of all fake transports: settle() waits until it stops
+
     def __init__(self, loop, protocol=None, *, peername=("127.0.0.1", 40000), sockname=("127.0.0.1", 6432),
                  far=None):
         super().__init__()
@@ -125,6 +127,7 @@ class FakeTransport(asyncio.Transport):
         if self.closed:
             return
         self.out += data
+        FakeTransport.events += 1
         if self.far is not None:
             self.far.received(bytes(data))
 
@@ -170,6 +173,7 @@ class FakeTransport(asyncio.Transport):
             return
         self.closed = True
         self.aborted = aborted
+        FakeTransport.events += 1
         if self.far is not None:
             self.far.transport_closed()
         if self.protocol is not None:
@@ -266,6 +270,7 @@ class FakePostgres:
             self.net.loop.call_soon(self._deliver, data[i:i + step])
 
     def _deliver(self, data: bytes) -> None:
+        FakeTransport.events += 1
         if not self.transport.closed:
             self.transport.protocol.data_received(data)
 
@@ -276,6 +281,7 @@ class FakePostgres:
         self.net.loop.call_soon(self._hang_up_now)
 
     def _hang_up_now(self) -> None:
+        FakeTransport.events += 1
         if self.transport.closed:
             return
         self.transport.closed = True
@@ -571,9 +577,10 @@ class PoolerHarness:
         self.loop.close()
         registry.__init__()
 
-    def settle(self, turns: int = 30) -> None:
-        """Run the loop until what the fakes scheduled (answers, connection_lost, connect tasks) has happened."""
-        self.loop.run_until_complete(_turns(turns))
+    def settle(self) -> None:
+        """Run the loop until what the fakes scheduled (answers, connection_lost, connect tasks) has happened:
+        no task left unfinished and nothing written or delivered for a few turns."""
+        self.loop.run_until_complete(_settle())
 
     def client(self) -> FakeClient:
         return FakeClient(self, next(self.ports))
@@ -590,10 +597,17 @@ class PoolerHarness:
         return [line for line in self.logs if text in line]
 
 
-async def _turns(n: int) -> None:
-    """n iterations of the event loop: each sleep(0) lets everything already scheduled run once."""
-    for _ in range(n):
+async def _settle(quiet_turns: int = 4, limit: int = 500) -> None:
+    quiet = 0
+    me = asyncio.current_task()
+    for _ in range(limit):
+        before = FakeTransport.events
         await asyncio.sleep(0)
+        busy = any(not t.done() for t in asyncio.all_tasks() if t is not me)
+        quiet = 0 if busy or FakeTransport.events != before else quiet + 1
+        if quiet >= quiet_turns:
+            return
+    raise AssertionError(f"the loop did not settle in {limit} turns")
 
 
 def pool_state(pool) -> dict[str, int]:
