@@ -421,8 +421,9 @@ def set_setting(console, key: str, value: str):
         for m in e.messages[:-1]:
             log.error(m)
         raise AdminError(e.messages[-1] if e.messages else "SET failed") from None
-    registry.main.apply_config(new)
-    if "tls" in key and getattr(registry.main, "tls_error", None):
+    loader = registry.main.loader
+    loader.apply(new)
+    if "tls" in key and loader.tls_error:
         return build.notice_response("TLS settings could not be applied, still using old configuration") + \
             build.command_complete(f"SET {key}={value}")
     return build.command_complete(f"SET {key}={value}")
@@ -436,7 +437,7 @@ def reload(console, arg):
     if arg is not None:
         raise AdminError(f"invalid command 'RELOAD {arg}', use SHOW HELP;")
     _issued("RELOAD", None)
-    if not registry.main.reload():
+    if not registry.main.loader.reload():
         raise AdminError("RELOAD failed, see logs for additional details", "F0000")
     return _done("RELOAD")
 
