@@ -12,8 +12,8 @@ import sys
 import time
 
 import pgbouncer_py
-from pgbouncer_py import VERSION_STRING, health, process, takeover
-from pgbouncer_py.admin import control
+from pgbouncer_py import VERSION_STRING, health, hooks, process, takeover
+from pgbouncer_py.admin import console, control
 from pgbouncer_py.auth import login
 from pgbouncer_py.client import Client
 from pgbouncer_py.janitor import Janitor
@@ -35,6 +35,13 @@ def preload_modules() -> None:
             importlib.import_module(mod.name)
         except ImportError as e:          # optional dependency missing (e.g. PAM): used only when configured
             log.debug(f"module {mod.name} not loaded: {e}")
+
+
+def wire_hooks() -> None:
+    """Connect the core's calls up (hooks.py) to the admin console, so that the core never imports admin/."""
+    hooks.new_console = console.Console
+    hooks.hold_transport = control.hold_transport
+    hooks.admin_tick = control.janitor_tick
 
 
 class Pooler:
@@ -68,6 +75,7 @@ class Pooler:
         registry.main = self
         self.done = loop.create_future()
         preload_modules()
+        wire_hooks()
         self.loader.apply(self.cfg)
         auth_problem = login.config_error(self.cfg)
         if auth_problem:
