@@ -191,4 +191,3 @@ def exposition() -> tuple[int, str, bytes]:
         _registry.register(Collector())
         ProcessCollector(namespace="pgbouncer", registry=_registry)
     return 200, CONTENT_TYPE, generate_latest(_registry)
-

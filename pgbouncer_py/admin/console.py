@@ -120,4 +120,3 @@ class Console:
     def require_admin(self) -> None:
         if self.client.admin_level < 2:
             raise AdminError("admin access needed")
-

@@ -509,4 +509,3 @@ def console_closed(console) -> None:
     if state.suspender is console and registry.suspended:
         log.info("admin disappeared when suspended, doing RESUME")
         resume_all()
-

@@ -77,4 +77,3 @@ def show_takeover_state(console, arg):
 
     _wait_flushed(console, send)
     return "defer"
-
