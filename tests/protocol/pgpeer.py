@@ -3,7 +3,7 @@ scripted PostgreSQL peer behind every server connection. No socket is opened.
 
 Everything that reaches into the pooler's insides is in this module, so a reshape of the core has one place
 to adjust:
-- `Pooler` (pgbouncer_py.main) applies a Config loaded from a real pgbouncer.ini text (users, databases);
+- `Pooler.loader` (pgbouncer_py.loader) applies a Config loaded from a real pgbouncer.ini text (users, databases);
 - the global `registry` is reset before and after each test;
 - server connections: the event loop's create_unix_connection / create_connection are replaced on the loop
   object (the pooler reaches PostgreSQL, and sends cancel requests, only through them): they hand the
@@ -24,11 +24,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pgbouncer_py import hooks
 from pgbouncer_py.client import Client
 from pgbouncer_py.config import load_config
 from pgbouncer_py.janitor import Janitor
 from pgbouncer_py.log import log
-from pgbouncer_py.main import Pooler
+from pgbouncer_py.main import Pooler, wire_hooks
 from pgbouncer_py.objects import CLIENT_LISTS, SERVER_LISTS, registry
 from pgbouncer_py.proto import build
 
@@ -544,7 +545,7 @@ class PoolerHarness:
         self.tmp = tmp_path
         self.logs: list[str] = []
         monkeypatch.setattr(log, "write", self._log)
-        for attr in ("verbose", "quiet", "logfile_path", "syslog_on"):     # Pooler.apply_config configures log
+        for attr in ("verbose", "quiet", "logfile_path", "syslog_on"):     # Loader.apply configures log
             monkeypatch.setattr(log, attr, getattr(log, attr))
         userlist = tmp_path / "userlist.txt"
         md5 = hashlib.md5(b"md5passmd5user").hexdigest()
@@ -559,7 +560,10 @@ class PoolerHarness:
         registry.loop = self.loop
         self.pooler = Pooler(self.cfg)
         registry.main = self.pooler
-        self.pooler.apply_config(self.cfg)
+        for name in ("new_console", "hold_transport", "admin_tick"):    # wired for this test only
+            monkeypatch.setattr(hooks, name, getattr(hooks, name))
+        wire_hooks()
+        self.pooler.loader.apply(self.cfg)
         self.janitor = Janitor()
         self.ports = iter(range(40001, 50000))
 
