@@ -1,11 +1,15 @@
-"""Command line exactly like pgbouncer's: [-d] [-R] [-q] [-v...] [-u USER] [-V] [-h] CONFIG."""
+"""Command line exactly like pgbouncer's: [-d] [-R] [-q] [-v...] [-u USER] [-V] [-h] CONFIG; then the start-up
+steps in PgBouncer's order (config, takeover or bind, daemon, pidfile, user) before main.run."""
 
 import os
-import pwd
+import ssl
 import sys
 
-from pgbouncer_py import VERSION_STRING, __version__
+from pgbouncer_py import VERSION_STRING, __version__, process, takeover
+from pgbouncer_py import main as mainmod
+from pgbouncer_py.config import ConfigError, load_config
 from pgbouncer_py.log import log
+from pgbouncer_py.net import listen
 
 # --help: the lines of PgBouncer's usage text (1.18 to 1.25 print the same), then our own closing line.
 USAGE = """%(prog)s is a connection pooler for PostgreSQL.
@@ -35,11 +39,8 @@ class UsageError(Exception):
 
 
 def version_text() -> str:
-    import ssl
-
-    from pgbouncer_py.main import loop_name
     lines = [VERSION_STRING, f"pgbouncer-py {__version__}", f"python {sys.version.split()[0]}",
-             f"event loop: {loop_name()}", f"tls: {ssl.OPENSSL_VERSION}"]
+             f"event loop: {process.loop_name()}", f"tls: {ssl.OPENSSL_VERSION}"]
     try:
         import aiodns  # noqa: F401
         lines.append("adns: aiodns")
@@ -158,112 +159,8 @@ def parse_args(argv: list[str]) -> Options:
     return o
 
 
-def check_pidfile(path: str) -> None:
-    if not path:
-        return
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        log.fatal(f"could not read pidfile '{path}': {e.strerror}")
-        raise SystemExit(1) from None
-    try:
-        pid = int(text)
-        os.kill(pid, 0)
-        alive = True
-    except ValueError:
-        alive = False
-    except ProcessLookupError:
-        alive = False
-    except PermissionError:
-        alive = True
-    if alive:
-        log.fatal(f"pidfile '{path}' exists, another instance running?")
-        raise SystemExit(1)
-    log.info("stale pidfile, removing")
-    try:
-        os.unlink(path)
-    except OSError as e:
-        log.fatal(f"could not remove stale pidfile '{path}': {e.strerror}")
-        raise SystemExit(1) from None
-
-
-def write_pidfile(path: str) -> None:
-    if not path:
-        return
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{os.getpid()}\n")
-    os.replace(tmp, path)
-
-
-def remove_pidfile(path: str) -> None:
-    if not path:
-        return
-    try:
-        with open(path) as f:
-            if f.read().strip() != str(os.getpid()):
-                return
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def daemonize() -> None:
-    if os.fork() > 0:
-        os._exit(0)
-    os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
-    fd = os.open(os.devnull, os.O_RDWR)
-    for n in (0, 1, 2):
-        os.dup2(fd, n)
-    if fd > 2:
-        os.close(fd)
-    log.quiet = True
-    log.pid = os.getpid()
-
-
-def switch_user(name: str) -> None:
-    try:
-        pw = pwd.getpwnam(name)
-    except KeyError:
-        log.fatal(f"could not find user '{name}' to switch to")
-        raise SystemExit(1) from None
-    if os.geteuid() == pw.pw_uid:
-        return
-    try:
-        os.initgroups(name, pw.pw_gid)
-        os.setgid(pw.pw_gid)
-        os.setuid(pw.pw_uid)
-    except PermissionError:
-        log.fatal(f"setuid() failed to user '{name}': permission denied")
-        raise SystemExit(1) from None
-    os.environ["HOME"] = pw.pw_dir
-    os.environ["USER"] = os.environ["LOGNAME"] = name
-
-
-def _lookup_user(name: str):
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        log.fatal(f"could not find user '{name}' to switch to")
-        raise SystemExit(1) from None
-
-
-def _chown(path: str, pw) -> None:
-    if path:
-        try:
-            os.chown(path, pw.pw_uid, pw.pw_gid)
-        except OSError as e:
-            log.warning(f"could not chown {path} to {pw.pw_name}: {e.strerror}")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Order as PgBouncer: config, root check, takeover or bind, daemonize, pidfile, switch user, run."""
-    from pgbouncer_py.config import ConfigError, load_config
     argv = sys.argv if argv is None else argv
     o = parse_args(argv)
     log.quiet = o.quiet
@@ -292,18 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     if o.daemon and not cfg.pidfile:
         log.fatal("daemon needs pidfile configured")
         return 1
-    pw = _lookup_user(user) if user else None
-    from pgbouncer_py import main as mainmod
-    from pgbouncer_py.net import listen
+    pw = process.lookup_user(user) if user else None
     inherited = None
     listeners = None
     if o.reboot:
-        from pgbouncer_py import takeover
         log.warning("Online restart is deprecated, use so_reuseport instead")
         if pw is not None:
-            switch_user(user)      # the old process admits only its own OS user on its unix socket
+            process.switch_user(user)      # the old process admits only its own OS user on its unix socket
         inherited = takeover.take_over(cfg)
-    check_pidfile(cfg.pidfile)
+    process.check_pidfile(cfg.pidfile)
     if inherited is not None:
         listeners = [listen.adopt_socket(fd, cfg) for fd in inherited.listeners]
     else:
@@ -313,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             log.fatal(str(e))
             return 1
     if o.daemon:
-        daemonize()
+        process.daemonize()
     try:
-        write_pidfile(cfg.pidfile)
+        process.write_pidfile(cfg.pidfile)
     except OSError as e:
         log.fatal(f"could not write pidfile '{cfg.pidfile}': {e.strerror}")
         return 1
@@ -324,14 +218,14 @@ def main(argv: list[str] | None = None) -> int:
             # after binding (privileged ports, root-owned dirs): hand our files to the user, then switch
             for lst in listeners:
                 listen.chown_socket(lst, pw.pw_uid, pw.pw_gid)
-            _chown(cfg.pidfile, pw)
+            process.chown(cfg.pidfile, pw)
             log.debug(f"switching to user {user}")
             if cfg.logfile:
                 if not os.path.exists(cfg.logfile):
                     open(cfg.logfile, "a").close()
-                _chown(cfg.logfile, pw)
+                process.chown(cfg.logfile, pw)
             log.close_logfile()
-            switch_user(user)
+            process.switch_user(user)
         return mainmod.run(cfg, listeners=listeners, takeover=inherited)
     finally:
-        remove_pidfile(cfg.pidfile)
+        process.remove_pidfile(cfg.pidfile)

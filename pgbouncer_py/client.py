@@ -7,7 +7,7 @@ import struct
 import time
 from functools import partial
 
-from pgbouncer_py import metrics, pooling, prepare, varcache
+from pgbouncer_py import hooks, metrics, pooling, prepare, varcache
 from pgbouncer_py.auth import login
 from pgbouncer_py.log import log
 from pgbouncer_py.net import tls
@@ -169,8 +169,7 @@ class Client(LinkedFlow, asyncio.Protocol):
             tune_tcp(transport, cfg, sock)
         set_client_state(self, CL_LOGIN)
         if registry.suspended:
-            from pgbouncer_py.admin import control
-            control.hold_transport(transport)     # SUSPEND: not read until RESUME
+            hooks.hold_transport(transport)     # SUSPEND: not read until RESUME
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -574,9 +573,8 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.transport.write(build.auth_request(C.AUTH_OK))
         self.db.stats.client_login_count += 1
         if self.admin:
-            from pgbouncer_py.admin import console
             self.pool = registry.get_pool(registry.admin_db, registry.admin_user)
-            self.console = console.Console(self)
+            self.console = hooks.new_console(self)
             self.cancel_key = registry.new_cancel_key()
             registry.cancel_keys[self.cancel_key] = self
             self.phase = PH_WORK

@@ -1,10 +1,11 @@
 """The operator endpoints (pgbouncer-py extension, on when http_listen_addr is set): /health, /ready and /metrics on
-one HTTP listener of the pooler's own loop; started and stopped by main.py."""
+one HTTP listener of the pooler's own loop (metrics.py records, exporter.py answers /metrics); started and stopped
+by main.py."""
 
 import json
 import os
 
-from pgbouncer_py import metrics
+from pgbouncer_py import exporter, metrics
 from pgbouncer_py.log import log
 from pgbouncer_py.net import http, listen
 from pgbouncer_py.objects import registry
@@ -67,7 +68,7 @@ class Endpoints:
         self.addr = cfg.http_listen_addr
         self.port = cfg.http_listen_port
         self.reuseport = bool(cfg.so_reuseport)
-        self.server = http.HttpServer({"/metrics": metrics.exposition, "/health": health, "/ready": ready})
+        self.server = http.HttpServer({"/metrics": exporter.exposition, "/health": health, "/ready": ready})
         self.retry_handle = None
         self.last_error = None
         self.closed = False

@@ -3,8 +3,7 @@ auto-databases, suspend progress and the stats period. Nothing here runs per mes
 
 import time
 
-from pgbouncer_py import pooling
-from pgbouncer_py.admin import control
+from pgbouncer_py import hooks, pooling
 from pgbouncer_py.log import log
 from pgbouncer_py.objects import CL_WAITING, CL_WAITING_LOGIN, is_stale, registry
 from pgbouncer_py.proto import build
@@ -62,7 +61,7 @@ class Janitor:
         if now - self.last_stats >= cfg.stats_period:
             self.stats_period(now - self.last_stats)
             self.last_stats = now
-        control.janitor_tick(now)
+        hooks.admin_tick(now)
         if registry.main is not None:
             registry.main.janitor_tick(now)
 

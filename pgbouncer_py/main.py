@@ -1,68 +1,33 @@
-"""Process lifecycle: event loop, listeners, pidfile, signals, reload and the shutdown modes."""
+"""The running pooler: listeners, serving until a shutdown mode completes, acting on the signals recorded by
+signals.py, the shutdown progress in the janitor tick, and both sides of an online restart (-R). Applying a
+configuration is loader.py's; the OS process around it (pidfile, user, systemd) is process.py's."""
 
 import asyncio
+import importlib
 import os
-import resource
+import pkgutil
 import signal
 import ssl
 import sys
 import time
 
-from pgbouncer_py import VERSION_STRING, pooling, prepare
+import pgbouncer_py
+from pgbouncer_py import VERSION_STRING, health, hooks, process, takeover
+from pgbouncer_py.admin import console, control
 from pgbouncer_py.auth import login
 from pgbouncer_py.client import Client
-from pgbouncer_py.config import ConfigError, load_config
-from pgbouncer_py.config.userlist import load_auth_file
 from pgbouncer_py.janitor import Janitor
+from pgbouncer_py.loader import Loader
 from pgbouncer_py.log import log
-from pgbouncer_py.net import listen, tls
-from pgbouncer_py.objects import Database, User, registry
-
-# database settings whose change makes existing server connections stale
-# a change of one of these in a [databases] entry replaces its server connections (PgBouncer's list: a new
-# password, application_name, client_encoding, ... apply to new connections only)
-_DIRTY_KEYS = ("dbname", "host", "port", "user", "connect_query", "auth_dbname", "auth_query", "load_balance_hosts")
-
-
-def loop_name() -> str:
-    try:
-        import uvloop  # noqa: F401
-        return f"uvloop {uvloop.__version__}"
-    except ImportError:
-        return "asyncio"
-
-
-def scan_name() -> str:
-    from pgbouncer_py.proto import scan
-    return "compiled" if scan.COMPILED else "python"
-
-
-def new_event_loop():
-    try:
-        import uvloop
-        return uvloop.new_event_loop()
-    except ImportError:
-        return asyncio.new_event_loop()
-
-
-def _warn_without_tcp_migrate_req() -> None:
-    try:
-        with open("/proc/sys/net/ipv4/tcp_migrate_req") as f:
-            if f.read().strip() != "0":
-                return
-    except OSError:
-        return
-    log.warning("so_reuseport: net.ipv4.tcp_migrate_req is 0, connections still being accepted when this process "
-                "stops may be reset; set it to 1 for rolling restarts that lose nothing")
+from pgbouncer_py.net import listen
+from pgbouncer_py.objects import registry
+from pgbouncer_py.signals import Signals
+from pgbouncer_py.stats import stats_log_line
 
 
 def preload_modules() -> None:
     """Import every module of the package now: a lazy import later would need a file descriptor and fail
     exactly when they have run out (max open files), turning a refused connection into an internal error."""
-    import importlib
-    import pkgutil
-
-    import pgbouncer_py
     for mod in pkgutil.walk_packages(pgbouncer_py.__path__, "pgbouncer_py."):
         if mod.name.endswith("__main__"):
             continue
@@ -72,156 +37,36 @@ def preload_modules() -> None:
             log.debug(f"module {mod.name} not loaded: {e}")
 
 
+def wire_hooks() -> None:
+    """Connect the core's calls up (hooks.py) to the admin console, so that the core never imports admin/."""
+    hooks.new_console = console.Console
+    hooks.hold_transport = control.hold_transport
+    hooks.admin_tick = control.janitor_tick
+
+
 class Pooler:
-    """The running process: owns the listeners and applies config changes."""
+    """The running process: owns the listeners, the janitor and the shutdown modes."""
 
     def __init__(self, cfg, *, inherited_fds: list[int] | None = None, listeners: list | None = None,
                  takeover=None):
-        self.cfg = cfg
-        self.startup_cfg = cfg
+        self.loader = Loader(cfg)
         self.listeners: list[listen.Listener] = listeners or []
         self.inherited_fds = inherited_fds or []
         self.takeover = takeover        # takeover.Inherited after an online restart (-R)
         self.taken_over = False         # this (old) process handed its sockets to a new one
         self._last_status = None
         self.janitor = Janitor()
+        self.signals = Signals()
         self.done: asyncio.Future | None = None
         self.shutdown_mode = None
         self.shutdown_at = 0.0          # monotonic time of SHUTDOWN WAIT_FOR_* (or its signal)
         self.wait_for_clients = False
-        self.auth_file_stat = None
         self.exit_code = 0
-        self.tls_error = None           # why the last TLS (re)configuration failed
         self.endpoints = None           # health.Endpoints when http_listen_addr is set (pgbouncer-py extension)
 
-    # --- configuration into objects ---
-    def apply_config(self, cfg) -> None:
-        old = registry.cfg
-        registry.cfg = cfg
-        self.cfg = cfg
-        log.configure(cfg)
-        self._load_auth_file(cfg, force=old is None or old.auth_file != cfg.auth_file)
-        login.load_auth_files(cfg, startup=old is None)
-        self._apply_users(cfg)
-        self._apply_databases(cfg)
-        if old is not None:
-            prepare.config_changed(old, cfg)
-        self.tls_error = None
-        try:
-            if tls.configure(cfg) and old is not None:
-                tls_recycle_servers()
-        except tls.TlsConfigError as e:
-            self.tls_error = str(e)
-            log.error(str(e) if isinstance(e, tls.TlsSettingError) else f"TLS setup failed: {e}")
-
-    def _load_auth_file(self, cfg, force: bool) -> None:
-        if not cfg.auth_file:
-            registry.auth_users = {}
-            return
-        try:
-            st = os.stat(cfg.auth_file)
-            key = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError as e:
-            log.warning(f"could not open auth_file {cfg.auth_file}: {e.strerror}")
-            return
-        if not force and key == self.auth_file_stat:
-            return
-        try:
-            problems: list[str] = []
-            registry.auth_users = load_auth_file(cfg.auth_file, problems)
-            self.auth_file_stat = key
-            for text in problems:
-                log.error(f"{text} ({cfg.auth_file})")
-        except (OSError, ConfigError) as e:
-            log.warning(f"could not load auth_file {cfg.auth_file}: {e}")
-
-    def _apply_users(self, cfg) -> None:
-        names = set(registry.auth_users) | set(cfg.users)
-        for name in names:
-            u = registry.users.get(name)
-            if u is None:
-                u = registry.users[name] = User(name)
-            new_secret = registry.auth_users.get(name)
-            if new_secret != u.secret:
-                u.scram_client_key = u.scram_server_key = None
-            u.secret = new_secret
-            u.conf = cfg.users.get(name)
-        for name, u in list(registry.users.items()):
-            if name not in names and not u.dynamic and u.client_count == 0 and \
-                    not any(p.user.account is u for p in registry.pools.values()):
-                del registry.users[name]
-            elif name not in names and not u.dynamic:
-                u.secret = None
-                u.conf = None
-        if registry.admin_db is None:
-            registry.admin_db = Database("pgbouncer", None, admin=True)
-            registry.admin_user = User("pgbouncer")
-
-    def _forced_user(self, conf):
-        """The global user named by a [databases] user= (its password= is that database's server login only:
-        pooling.server_password; the auth_file secret clients are checked against stays as it is)."""
-        if conf.user is None:
-            return None
-        u = registry.users.get(conf.user)
-        if u is None:
-            u = registry.users[conf.user] = User(conf.user, registry.auth_users.get(conf.user))
-        return u
-
-    def _apply_databases(self, cfg) -> None:
-        for name, conf in cfg.databases.items():
-            if name == "*":
-                continue
-            db = registry.databases.get(name)
-            if db is None or db.auto:
-                if db is None:
-                    db = registry.databases[name] = Database(name, conf)
-                else:
-                    db.auto = False
-                    db.conf = conf
-            elif db.conf != conf:
-                dirty = any(getattr(db.conf, k) != getattr(conf, k) for k in _DIRTY_KEYS)
-                db.conf = conf
-                if dirty:
-                    db.dirty = True
-                    for pool in list(registry.pools.values()):
-                        if pool.db is db:
-                            pooling.reconnect_pool(pool)
-            db.forced_user = self._forced_user(conf)
-        for name, db in list(registry.databases.items()):
-            if name not in cfg.databases and not db.auto:
-                self.remove_database(db)
-            elif db.auto:
-                fallback = cfg.databases.get("*")
-                if fallback is None:
-                    self.remove_database(db)
-                elif db.conf != fallback:
-                    db.conf = fallback
-                    db.dirty = True
-
-    def remove_database(self, db) -> None:
-        for pool in list(registry.pools.values()):
-            if pool.db is db:
-                for c in pool.all_clients():
-                    c.close("database removed", send_error=True)
-                for s in pool.all_servers():
-                    s.close("database removed")
-                del registry.pools[(db.name, pool.user.name)]
-        registry.databases.pop(db.name, None)
-
-    # --- reload ---
-    def reload(self) -> bool:
-        try:
-            new = load_config(self.cfg.path, startup=self.startup_cfg)
-        except (ConfigError, OSError) as e:
-            for text in getattr(e, "messages", None) or [str(e)]:
-                log.error(text)
-            log.warning("config file loading failed")
-            return False
-        log.reopen()
-        self.apply_config(new)
-        if self.tls_error:
-            log.error("TLS configuration could not be reloaded, keeping old configuration")
-        return True
+    @property
+    def cfg(self):
+        return self.loader.cfg
 
     # --- lifecycle ---
     async def run(self) -> int:
@@ -230,18 +75,19 @@ class Pooler:
         registry.main = self
         self.done = loop.create_future()
         preload_modules()
-        self.apply_config(self.cfg)
+        wire_hooks()
+        self.loader.apply(self.cfg)
         auth_problem = login.config_error(self.cfg)
         if auth_problem:
             log.error(auth_problem)
             log.fatal("TLS setup failed")
             return 1
-        if self.tls_error:
+        if self.loader.tls_error:
             log.fatal("TLS setup failed")       # the reason is on the ERROR line before, as PgBouncer logs it
             return 1
-        self._log_fd_limit()
+        process.log_fd_limit(self.cfg)
         if self.cfg.so_reuseport:
-            _warn_without_tcp_migrate_req()
+            process.warn_without_tcp_migrate_req()
         if not self.listeners:
             try:
                 self.listeners = open_listeners(self.cfg, self.inherited_fds)
@@ -252,95 +98,64 @@ class Pooler:
             lst.server = await loop.create_server(lambda lst=lst: Client(lst), sock=lst.sock)
             log.info(f"listening on {lst.desc}")
         if self.takeover is not None:
-            from pgbouncer_py import takeover
             await takeover.adopt(self.takeover, self.listeners)
             self.takeover = None
         if self.cfg.http_listen_addr:
-            from pgbouncer_py import health
             self.endpoints = health.Endpoints(self.cfg)
             await self.endpoints.start()
-        self._install_signals(loop)
+        self.signals.install(loop)
+        acting = loop.create_task(self._act_on_signals())
         self.janitor.start()
-        self._sd_notify("READY=1")
-        log.info(f"process up: {VERSION_STRING}, {loop_name()}, scanner: {scan_name()}, "
+        process.sd_notify("READY=1")
+        log.info(f"process up: {VERSION_STRING}, {process.loop_name()}, scanner: {process.scan_name()}, "
                  f"tls: {ssl.OPENSSL_VERSION}")
         await self.done
-        self._sd_notify("STOPPING=1")
+        acting.cancel()
+        process.sd_notify("STOPPING=1")
         if self.taken_over:
             self._exit_handed_over()
         self.janitor.stop()
         await self._close_everything()
         return self.exit_code
 
-    def _log_fd_limit(self) -> None:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        cfg = self.cfg
-        n_db = max(len(cfg.databases), 1)
-        expected = cfg.max_client_conn + cfg.default_pool_size * n_db
-        log.info(f"kernel file descriptor limit: {soft} (hard: {hard}); max_client_conn: {cfg.max_client_conn}, "
-                 f"max expected fd use: {expected}")
-        if expected > soft and hard > soft:
-            try:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(expected + 100, soft)), hard))
-            except (ValueError, OSError):
-                pass
+    # --- signals: signals.py records them, this loop acts ---
+    async def _act_on_signals(self) -> None:
+        while True:
+            sig = await self.signals.next()
+            self.on_signal(sig)
 
-    def _install_signals(self, loop) -> None:
-        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
-        loop.add_signal_handler(signal.SIGINT, self._on_sigint)
-        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
-        loop.add_signal_handler(signal.SIGQUIT, self._on_sigquit)
-        loop.add_signal_handler(signal.SIGUSR1, self._on_sigusr1)
-        loop.add_signal_handler(signal.SIGUSR2, self._on_sigusr2)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-
-    def _on_sighup(self) -> None:
-        log.reopen()        # first, so that logrotate's new file gets this line
-        log.info("got SIGHUP, re-reading config")
-        self._sd_notify("RELOADING=1")
-        self.reload()
-        self._sd_notify("READY=1")
-
-    def _on_sigint(self) -> None:
-        if self.shutdown_mode is not None:
-            log.info("got SIGINT while shutting down, fast exit")
+    def on_signal(self, sig: int) -> None:
+        if sig == signal.SIGHUP:
+            log.reopen()        # first, so that logrotate's new file gets this line
+            log.info("got SIGHUP, re-reading config")
+            process.sd_notify("RELOADING=1")
+            self.loader.reload()
+            process.sd_notify("READY=1")
+        elif sig in (signal.SIGINT, signal.SIGTERM):
+            name = "SIGINT" if sig == signal.SIGINT else "SIGTERM"
+            if self.shutdown_mode is not None:
+                log.info(f"got {name} while shutting down, fast exit")
+                self.shutdown("immediate")
+            elif sig == signal.SIGINT:
+                log.info("got SIGINT, shutting down, waiting for servers")
+                self.shutdown("wait_for_servers")
+            else:
+                log.info("got SIGTERM, shutting down, waiting for clients")
+                self.shutdown("wait_for_clients")
+        elif sig == signal.SIGQUIT:
+            log.info("got SIGQUIT, fast exit")
             self.shutdown("immediate")
-            return
-        log.info("got SIGINT, shutting down, waiting for servers")
-        self.shutdown("wait_for_servers")
-
-    def _on_sigterm(self) -> None:
-        if self.shutdown_mode is not None:
-            log.info("got SIGTERM while shutting down, fast exit")
-            self.shutdown("immediate")
-            return
-        log.info("got SIGTERM, shutting down, waiting for clients")
-        self.shutdown("wait_for_clients")
-
-    def _on_sigquit(self) -> None:
-        log.info("got SIGQUIT, fast exit")
-        self.shutdown("immediate")
-
-    def _on_sigusr1(self) -> None:
-        log.info("got SIGUSR1, pausing all activity")
-        from pgbouncer_py.admin import control
-        if hasattr(control, "pause_all"):
+        elif sig == signal.SIGUSR1:
+            log.info("got SIGUSR1, pausing all activity")
             control.pause_all()
-        else:
-            registry.paused = True
-
-    def _on_sigusr2(self) -> None:
-        if self.shutdown_mode is not None:
-            log.info("got SIGUSR2 while shutting down, ignoring")
-            return
-        log.info("got SIGUSR2, continuing")
-        from pgbouncer_py.admin import control
-        if hasattr(control, "resume_all"):
+        elif sig == signal.SIGUSR2:
+            if self.shutdown_mode is not None:
+                log.info("got SIGUSR2 while shutting down, ignoring")
+                return
+            log.info("got SIGUSR2, continuing")
             control.resume_all()
-        else:
-            registry.paused = False
-            registry.suspended = False
 
+    # --- shutdown ---
     def shutdown(self, mode: str) -> None:
         """mode: immediate | wait_for_servers | wait_for_clients."""
         if mode == "immediate":
@@ -374,8 +189,7 @@ class Pooler:
         if avg is not None and avg is not self._last_status:
             self._last_status = avg
             if os.environ.get("NOTIFY_SOCKET"):
-                from pgbouncer_py.stats import stats_log_line
-                self._sd_notify("STATUS=" + stats_log_line(avg).removeprefix("stats: "))
+                process.sd_notify("STATUS=" + stats_log_line(avg).removeprefix("stats: "))
         mode = self.shutdown_mode
         if mode is None or self.done is None or self.done.done():
             return
@@ -423,9 +237,8 @@ class Pooler:
 
     def _exit_handed_over(self) -> None:
         """The new process owns every socket now: leave without touching them (no Terminate, no unlink)."""
-        from pgbouncer_py.cli import remove_pidfile
         log.info("process handed over to new process, exiting")
-        remove_pidfile(self.cfg.pidfile)
+        process.remove_pidfile(self.cfg.pidfile)
         log.close_logfile()
         sys.stderr.flush()
         os._exit(0)
@@ -450,30 +263,6 @@ class Pooler:
         for c in list(registry.login_clients):
             c.close("pooler is shutting down", quiet=True)
         await asyncio.sleep(0)
-
-    @staticmethod
-    def _sd_notify(state: str) -> None:
-        path = os.environ.get("NOTIFY_SOCKET")
-        if not path:
-            return
-        import socket
-        if path.startswith("@"):
-            path = "\0" + path[1:]
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-                s.connect(path)
-                s.sendall(state.encode())
-        except OSError:
-            pass
-
-
-def tls_recycle_servers() -> None:
-    """The server-side TLS configuration changed: TCP server connections made with the old one are closed
-    when they are next released (unix-socket servers never use TLS and stay)."""
-    for pool in registry.pools.values():
-        for s in pool.all_servers():
-            if s.unix_path is None and s.tls_generation != tls.state.generation:
-                pooling.mark_stale(s)
 
 
 def open_listeners(cfg, inherited_fds: list[int] | None = None) -> list:
@@ -501,7 +290,7 @@ def open_listeners(cfg, inherited_fds: list[int] | None = None) -> list:
 
 
 def run(cfg, *, inherited_fds=None, listeners=None, takeover=None) -> int:
-    loop = new_event_loop()
+    loop = process.new_event_loop()
     asyncio.set_event_loop(loop)
     pooler = Pooler(cfg, inherited_fds=inherited_fds, listeners=listeners, takeover=takeover)
     try:

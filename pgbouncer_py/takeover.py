@@ -11,8 +11,9 @@ import socket
 import struct
 import time
 
-from pgbouncer_py import prepare, varcache
+from pgbouncer_py import client, pooling, prepare, server, varcache
 from pgbouncer_py.log import log
+from pgbouncer_py.netutil import addr_of, local_addr_of, peer_cred
 from pgbouncer_py.objects import (
     CL_ACTIVE,
     CL_WAITING,
@@ -51,14 +52,12 @@ def _sock_fd(transport) -> int:
 
 
 def _is_transferable_server(s) -> bool:
-    from pgbouncer_py.server import PH_WORK
-    return (s.phase == PH_WORK and not s.tls and s.internal_done is None and s.state in (SV_IDLE, SV_ACTIVE, SV_USED)
-            and _sock_fd(s.transport) >= 0)
+    return (s.phase == server.PH_WORK and not s.tls and s.internal_done is None
+            and s.state in (SV_IDLE, SV_ACTIVE, SV_USED) and _sock_fd(s.transport) >= 0)
 
 
 def _is_transferable_client(c) -> bool:
-    from pgbouncer_py.client import PH_WORK
-    if c.admin or c.tls or c.phase != PH_WORK or c.state not in (CL_ACTIVE, CL_WAITING):
+    if c.admin or c.tls or c.phase != client.PH_WORK or c.state not in (CL_ACTIVE, CL_WAITING):
         return False
     if _sock_fd(c.transport) < 0:
         return False
@@ -553,8 +552,6 @@ def _row_credentials(r: dict, name: str, db) -> None:
 
 
 def _server_from_row(fd: int, r: dict, st: dict | None, sock: socket.socket):
-    from pgbouncer_py import pooling
-    from pgbouncer_py.server import PH_WORK, Server
     if st is None:       # from a C PgBouncer: only what SHOW FDS tells
         key = _key_bytes(r["cancel"])
         st = {"db": r["database"], "user": r["user"], "host": r["addr"], "port": int(r["port"] or 5432),
@@ -564,15 +561,14 @@ def _server_from_row(fd: int, r: dict, st: dict | None, sock: socket.socket):
                                            ("DateStyle", r["datestyle"]), ("TimeZone", r["timezone"])) if v},
               "state": SV_ACTIVE if int(r["link"] or 0) else SV_IDLE, "ready": True, "link": int(r["link"] or 0)}
         if sock.family == socket.AF_UNIX:
-            from pgbouncer_py.server import server_unix_path
-            st["unix_path"] = server_unix_path(r["addr"] if r["addr"] != "unix" else None, st["port"])
+            st["unix_path"] = server.server_unix_path(r["addr"] if r["addr"] != "unix" else None, st["port"])
     db = _database(st["db"])
     if db is None:
         return None
     _row_credentials(r, st["user"], db)
     pool = registry.get_pool(db, _user(st["user"], db))
-    s = Server(pool, st["host"], st["port"], st.get("unix_path"), pooling.PoolSide)
-    s.phase = PH_WORK
+    s = server.Server(pool, st["host"], st["port"], st.get("unix_path"), pooling.PoolSide)
+    s.phase = server.PH_WORK
     s.params = varcache.Values(st.get("params") or {})
     s.backend_pid = st.get("backend_pid", 0)
     s.backend_key = _unhex(st.get("backend_key"))
@@ -591,7 +587,6 @@ def _server_from_row(fd: int, r: dict, st: dict | None, sock: socket.socket):
 
 
 def _client_from_row(fd: int, r: dict, st: dict | None, listeners):
-    from pgbouncer_py.client import PH_WORK, Client
     if st is None:
         _row_credentials(r, r["user"], _database(r["database"]))
         st = {"username": r["user"], "dbname": r["database"], "auth_user": r["user"], "pool_user": r["user"],
@@ -604,7 +599,7 @@ def _client_from_row(fd: int, r: dict, st: dict | None, listeners):
     if db is None:
         return None
     unix = [lst for lst in listeners if lst.unix]
-    c = Client(unix[0] if unix else None)
+    c = client.Client(unix[0] if unix else None)
     c.username, c.dbname, c.db = st["username"], st["dbname"], db
     c.user = _user(st.get("auth_user") or st["username"], db)
     pool_user = _user(st.get("pool_user") or st["username"], db)
@@ -616,7 +611,7 @@ def _client_from_row(fd: int, r: dict, st: dict | None, listeners):
     c.pending = bytearray(_unhex(st.get("pending")))
     c.tail = _unhex(st.get("tail"))
     c.skip = st.get("skip", 0)
-    c.phase = PH_WORK
+    c.phase = client.PH_WORK
     c._max_packet = registry.cfg.max_packet_size
     for attr in ("created", "connect_time", "request_time", "wait_start"):
         if attr in st:
@@ -628,8 +623,6 @@ def _client_from_row(fd: int, r: dict, st: dict | None, listeners):
 
 async def adopt(inh: Inherited, listeners) -> None:
     """Turn the handed-over client and server sockets into live Client/Server objects."""
-    from pgbouncer_py import pooling
-    from pgbouncer_py.netutil import addr_of, local_addr_of, peer_cred
     if inh.globals:
         _apply_globals(inh.globals)
     by_old_fd: dict[int, object] = {}
@@ -682,9 +675,9 @@ async def adopt(inh: Inherited, listeners) -> None:
         if s.link is None and s._takeover.get("state") in (SV_ACTIVE,):
             set_server_state(s, SV_IDLE if s.ready else SV_USED)
     for c in clients:
-        server = by_old_fd.get(c._takeover.get("link") or -1)
-        if server is not None and server.link is c:
-            c.link = server
+        peer = by_old_fd.get(c._takeover.get("link") or -1)
+        if peer is not None and peer.link is c:
+            c.link = peer
         c.db.clients[c] = None
         c.user.account.clients[c] = None
         c.counted_db, c.counted_user = c.db, c.user.account

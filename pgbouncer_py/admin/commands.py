@@ -1,16 +1,10 @@
-"""Console command dispatch: SHOW/SELECT, SET, SHUTDOWN and the control words, with access checks and encoding."""
+"""Console command dispatch over two static tables (show.SHOW_COMMANDS and ADMIN_COMMANDS below): SHOW/SELECT,
+SET, SHUTDOWN and the control words, with the admin access checks, and the encoding of their row sets."""
 
 import struct
 
-from pgbouncer_py.admin import show
-from pgbouncer_py.admin.console import (
-    FAKE_SHOW,
-    AdminError,
-    parse_command,
-    parse_pause_timeout,
-    parse_set,
-    parse_shutdown,
-)
+from pgbouncer_py.admin import control, show
+from pgbouncer_py.admin.parse import AdminError, parse_command, parse_pause_timeout, parse_set, parse_shutdown
 from pgbouncer_py.admin.show import INT4, INT8, NUMERIC, TEXT, Result  # noqa: F401  (re-exported)
 from pgbouncer_py.proto import build
 
@@ -33,6 +27,10 @@ HELP_TEXT = """
 \tSHUTDOWN
 \tSHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS
 \tWAIT_CLOSE [<db>]"""
+
+# SHOW/SELECT of a session setting some drivers ask the console for: a constant answer
+FAKE_SHOW = {"client_encoding": "UTF-8", "default_transaction_isolation": "read committed",
+             "standard_conforming_strings": "on", "datestyle": "ISO", "timezone": "GMT"}
 
 
 def result(columns: list[tuple[str, int]], rows: list[list], tag: str = "SHOW") -> bytes:
@@ -101,8 +99,16 @@ def help_answer() -> bytes:
     return build.notice_response("Console usage", detail=HELP_TEXT) + build.command_complete("SHOW")
 
 
-ADMIN_COMMANDS: dict = {}        # name -> fn(console, arg) for commands that need admin_users (filled by control)
-SHOW_ONLY_FOR_ADMIN = {"fds"}    # SHOW subcommands that need admin_users
+# name -> fn(console, arg) for the commands that need admin_users ("set" and "shutdown" are reached through their
+# own parsers only)
+ADMIN_COMMANDS = {
+    "pause": control.cmd_pause, "pause_timeout": control.cmd_pause_timeout, "resume": control.cmd_resume,
+    "suspend": control.cmd_suspend, "disable": control.cmd_disable, "enable": control.cmd_enable,
+    "reconnect": control.cmd_reconnect, "kill": control.cmd_kill, "kill_client": control.cmd_kill_client,
+    "wait_close": control.cmd_wait_close, "reload": control.reload, "shutdown": control.shutdown,
+    "set": control.cmd_set,
+}
+SHOW_ONLY_FOR_ADMIN = frozenset(("fds", "takeover_state"))    # SHOW subcommands that need admin_users
 
 
 def execute(console, sql: str):
@@ -150,19 +156,5 @@ def is_show(sql: str) -> bool:
 
 
 def console_closed(console) -> None:
-    """Hook for commands that must notice a console leaving (SUSPEND auto-resume, deferred answers)."""
-    for hook in CLOSE_HOOKS:
-        hook(console)
-
-
-CLOSE_HOOKS: list = []
-
-
-def _load_command_modules() -> None:
-    from pgbouncer_py.admin import (  # noqa: F401  (each registers its commands)
-        control,
-        fds,  # SHOW FDS with fd passing, for online restart
-    )
-
-
-_load_command_modules()
+    """A console left: commands that wait for it forget it (SUSPEND auto-resume, deferred answers)."""
+    control.console_closed(console)

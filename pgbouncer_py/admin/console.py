@@ -1,9 +1,18 @@
-"""The admin console (virtual database 'pgbouncer'): command parsing, access rules and dispatch."""
+"""The admin console session (virtual database 'pgbouncer'): welcome, message dispatch (simple protocol here,
+extended in extended.py), deferred answers and the admin access check; commands.py runs the commands."""
 
-import re
 import struct
 
 from pgbouncer_py import PGBOUNCER_VERSION
+from pgbouncer_py.admin import commands, extended
+from pgbouncer_py.admin.parse import (  # noqa: F401  (the parsers' names here too: tests, fuzz targets)
+    AdminError,
+    parse_command,
+    parse_pause_timeout,
+    parse_set,
+    parse_shutdown,
+    unquote,
+)
 from pgbouncer_py.log import log
 from pgbouncer_py.objects import registry
 from pgbouncer_py.proto import build
@@ -15,35 +24,7 @@ WELCOME_PARAMS = (("server_version", f"{PGBOUNCER_VERSION}/bouncer"), ("client_e
                   ("server_encoding", "UTF8"), ("DateStyle", "ISO"), ("TimeZone", "GMT"),
                   ("standard_conforming_strings", "on"), ("is_superuser", "on"))
 
-_WORD = r'(?:[0-9a-z_]+|"[^"]*")'
-_CMD_RE = re.compile(rf"^\s*({_WORD})(?:\s+({_WORD}))?\s*(?:;\s*)?$", re.IGNORECASE)
-_SET_RE = re.compile(r"^\s*set\s+([0-9a-z_]+|\"[^\"]*\")\s*(?:=|\s+to\s+)\s*('(?:[^']|'')*'|[^\s;']+)\s*(?:;\s*)?$",
-                     re.IGNORECASE | re.DOTALL)
-_SHUTDOWN_RE = re.compile(r"^\s*shutdown(?:\s+(wait_for_servers|wait_for_clients))?\s*(?:;\s*)?$", re.IGNORECASE)
-# pgbouncer-py extension (docs/extensions.md): PAUSE [db] TIMEOUT seconds [FORCE]
-_PAUSE_TIMEOUT_RE = re.compile(rf"^\s*pause(?:\s+({_WORD}))?\s+timeout\s+([0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
-                               r"(?:\s+(force))?\s*(?:;\s*)?$", re.IGNORECASE)
-
 _NOT_FOR_CONSOLE = frozenset(b"Fdcf")    # FunctionCall and COPY messages: an ERROR, then "bad packet" (PgBouncer's)
-
-FAKE_SHOW = {"client_encoding": "UTF-8", "default_transaction_isolation": "read committed",
-             "standard_conforming_strings": "on", "datestyle": "ISO", "timezone": "GMT"}
-
-
-class AdminError(Exception):
-    """An error answered to the console client as ERROR 08P01 (the session goes on)."""
-
-    def __init__(self, message: str, sqlstate: str = "08P01"):
-        super().__init__(message)
-        self.sqlstate = sqlstate
-
-
-def unquote(word: str | None) -> str | None:
-    if word is None:
-        return None
-    if word.startswith('"') and word.endswith('"'):
-        return word[1:-1]
-    return word.lower()
 
 
 class Console:
@@ -62,7 +43,6 @@ class Console:
         self.client.transport.write(b"".join(out))
 
     def closed(self) -> None:
-        from pgbouncer_py.admin import commands
         commands.console_closed(self)
 
     def send(self, data: bytes) -> None:
@@ -86,7 +66,6 @@ class Console:
             self.held.append((mtype, body))   # answered in order once the deferred command is done
             return
         if mtype != C.Q_QUERY:
-            from pgbouncer_py.admin import extended
             extended.message(self, mtype, body)
             return
         sql = parse_query(body)
@@ -94,7 +73,6 @@ class Console:
 
     def run(self, sql: str, *, ready: bool = True) -> None:
         """Answer one simple-protocol query; ready=False when the caller sends ReadyForQuery itself."""
-        from pgbouncer_py.admin import commands
         self.count_query()
         try:
             if sql.strip() == "" or sql.strip() == ";":
@@ -142,37 +120,3 @@ class Console:
     def require_admin(self) -> None:
         if self.client.admin_level < 2:
             raise AdminError("admin access needed")
-
-
-def parse_command(sql: str) -> tuple[str, str | None] | None:
-    m = _CMD_RE.match(sql)
-    if m is None:
-        return None
-    return unquote(m.group(1)), unquote(m.group(2))
-
-
-def parse_set(sql: str) -> tuple[str, str] | None:
-    m = _SET_RE.match(sql)
-    if m is None:
-        return None
-    key = unquote(m.group(1))
-    val = m.group(2)
-    if val.startswith("'"):
-        val = val[1:-1].replace("''", "'")
-    return key, val
-
-
-def parse_pause_timeout(sql: str) -> tuple[str | None, float, bool] | None:
-    """(database or None, seconds, force) for PAUSE [db] TIMEOUT n [FORCE], else None."""
-    m = _PAUSE_TIMEOUT_RE.match(sql)
-    if m is None:
-        return None
-    return unquote(m.group(1)), float(m.group(2)), m.group(3) is not None
-
-
-def parse_shutdown(sql: str) -> str | None:
-    """'' for plain SHUTDOWN, the mode in lower case, or None when it is not a SHUTDOWN."""
-    m = _SHUTDOWN_RE.match(sql)
-    if m is None:
-        return None
-    return (m.group(1) or "").lower()

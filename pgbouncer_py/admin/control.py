@@ -1,10 +1,13 @@
 """Console commands that change the process (PAUSE, RESUME, SUSPEND, KILL, SET, RELOAD, SHUTDOWN, ...) and the
-progress of the ones that answer later; signal handlers call pause_all()/resume_all() here too."""
+progress of the ones that answer later (janitor_tick, through hooks.admin_tick); SIGUSR1/SIGUSR2 call
+pause_all()/resume_all() here too."""
 
 import time
 
 from pgbouncer_py import pooling
-from pgbouncer_py.admin.console import AdminError
+from pgbouncer_py.admin import show
+from pgbouncer_py.admin.parse import AdminError
+from pgbouncer_py.client import Client, _send_cancel
 from pgbouncer_py.config import ConfigError
 from pgbouncer_py.log import log
 from pgbouncer_py.objects import CL_WAITING, registry
@@ -150,7 +153,6 @@ def _undo_pause(db) -> None:
 
 def _force_release(db) -> int:
     """Cancel the queries still running in scope `db` and close their server connections (and clients)."""
-    from pgbouncer_py.client import _send_cancel  # the cancel request a client's ^C sends
     busy = _busy_servers(db)
     for s in busy:
         if s.backend_key:
@@ -390,7 +392,6 @@ def cmd_kill_client(console, arg):
     except ValueError:
         raise AdminError("invalid client pointer supplied") from None
     _issued("KILL_CLIENT", arg)
-    from pgbouncer_py.admin import show
     for c in show.all_clients():
         if getattr(c, "id", None) == wanted:
             c.close("admin forced disconnect", send_error=True)
@@ -421,8 +422,9 @@ def set_setting(console, key: str, value: str):
         for m in e.messages[:-1]:
             log.error(m)
         raise AdminError(e.messages[-1] if e.messages else "SET failed") from None
-    registry.main.apply_config(new)
-    if "tls" in key and getattr(registry.main, "tls_error", None):
+    loader = registry.main.loader
+    loader.apply(new)
+    if "tls" in key and loader.tls_error:
         return build.notice_response("TLS settings could not be applied, still using old configuration") + \
             build.command_complete(f"SET {key}={value}")
     return build.command_complete(f"SET {key}={value}")
@@ -436,7 +438,7 @@ def reload(console, arg):
     if arg is not None:
         raise AdminError(f"invalid command 'RELOAD {arg}', use SHOW HELP;")
     _issued("RELOAD", None)
-    if not registry.main.reload():
+    if not registry.main.loader.reload():
         raise AdminError("RELOAD failed, see logs for additional details", "F0000")
     return _done("RELOAD")
 
@@ -489,7 +491,6 @@ def janitor_tick(now: float) -> None:
 def _suspend_timeout(now: float) -> bool:
     """SUSPEND waits for every buffer to flush; after suspend_timeout the stragglers are dropped (clients are
     told why)."""
-    from pgbouncer_py.client import Client
     limit = registry.cfg.suspend_timeout
     if not limit or now - state.suspend_start < limit:
         return False
@@ -508,16 +509,3 @@ def console_closed(console) -> None:
     if state.suspender is console and registry.suspended:
         log.info("admin disappeared when suspended, doing RESUME")
         resume_all()
-
-
-def register() -> None:
-    from pgbouncer_py.admin import commands
-    commands.ADMIN_COMMANDS.update({
-        "pause": cmd_pause, "pause_timeout": cmd_pause_timeout, "resume": cmd_resume, "suspend": cmd_suspend, "disable": cmd_disable,
-        "enable": cmd_enable, "reconnect": cmd_reconnect, "kill": cmd_kill, "kill_client": cmd_kill_client,
-        "wait_close": cmd_wait_close, "reload": reload, "shutdown": shutdown, "set": cmd_set,
-    })
-    commands.CLOSE_HOOKS.append(console_closed)
-
-
-register()

@@ -3,7 +3,8 @@ always use it (psycopg 3, asyncpg, JDBC, Npgsql) can run console commands; PgBou
 
 import struct
 
-from pgbouncer_py.admin.console import AdminError
+from pgbouncer_py.admin import commands
+from pgbouncer_py.admin.parse import AdminError
 from pgbouncer_py.proto import build
 from pgbouncer_py.proto.messages import ProtocolError
 
@@ -130,7 +131,6 @@ def _bind(console, sess: Session, r: _Reader) -> None:
 
 
 def _describe(console, sess: Session, r: _Reader) -> None:
-    from pgbouncer_py.admin import commands
     kind = r.byte()
     name = r.cstr()
     if kind == ord("S"):
@@ -158,7 +158,6 @@ def _describe(console, sess: Session, r: _Reader) -> None:
 
 
 def _execute(console, sess: Session, r: _Reader) -> None:
-    from pgbouncer_py.admin import commands
     name = r.cstr()
     portal = sess.portals.get(name)
     if portal is None:

@@ -5,7 +5,7 @@ import os
 import time
 
 from pgbouncer_py import takeover
-from pgbouncer_py.admin.console import AdminError
+from pgbouncer_py.admin.parse import AdminError
 from pgbouncer_py.log import log
 from pgbouncer_py.objects import registry
 from pgbouncer_py.proto import build
@@ -77,19 +77,3 @@ def show_takeover_state(console, arg):
 
     _wait_flushed(console, send)
     return "defer"
-
-
-def register() -> None:
-    """Replace the row-only SHOW FDS with the fd-passing one; add SHOW TAKEOVER_STATE (both admin-only)."""
-    from pgbouncer_py.admin import commands
-    try:
-        from pgbouncer_py.admin import show
-        table = show.SHOW_COMMANDS
-    except ImportError:
-        table = commands.SHOW_COMMANDS
-    table["fds"] = show_fds
-    table["takeover_state"] = show_takeover_state
-    commands.SHOW_ONLY_FOR_ADMIN.update(("fds", "takeover_state"))
-
-
-register()

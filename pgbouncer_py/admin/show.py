@@ -4,6 +4,7 @@ import sys
 import time
 
 from pgbouncer_py import VERSION_STRING
+from pgbouncer_py.admin import fds
 from pgbouncer_py.log import format_time
 from pgbouncer_py.objects import registry
 from pgbouncer_py.stats import COUNTERS
@@ -405,4 +406,5 @@ SHOW_COMMANDS = {
     "peers": show_peers, "sockets": show_sockets, "active_sockets": show_active_sockets,
     "config": show_config, "mem": show_mem, "dns_hosts": show_dns_hosts, "dns_zones": show_dns_zones,
     "version": show_version, "state": show_state,
+    "fds": fds.show_fds, "takeover_state": fds.show_takeover_state,    # admin only: commands.SHOW_ONLY_FOR_ADMIN
 }

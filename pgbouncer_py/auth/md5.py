@@ -8,25 +8,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-__all__ = ["is_md5_secret", "md5_response", "md5_secret", "md5_verify"]
+from pgbouncer_py.auth.scram import is_md5_secret, parse_scram_secret
 
-_HEX = frozenset("0123456789abcdef")
+__all__ = ["is_md5_secret", "md5_response", "md5_secret", "md5_verify"]
 
 
 def _b(value: str | bytes) -> bytes:
     if isinstance(value, bytes):
         return value
     return value.encode("utf-8", "surrogatepass")
-
-
-def is_md5_secret(text: str) -> bool:
-    """True if text has the form of a stored MD5 secret: 'md5' followed by 32 lowercase hex digits."""
-    return (
-        isinstance(text, str)
-        and len(text) == 35
-        and text.startswith("md5")
-        and all(c in _HEX for c in text[3:])
-    )
 
 
 def md5_secret(password: str | bytes, user: str | bytes) -> str:
@@ -53,11 +43,8 @@ def md5_verify(stored: str, user: str, salt: bytes, response: str) -> bool:
 
     A SCRAM secret cannot verify an MD5 response: that raises ValueError (the caller must use SCRAM).
     """
-    if stored.startswith("SCRAM-SHA-256$"):
-        from pgbouncer_py.auth.scram import parse_scram_secret
-
-        if parse_scram_secret(stored) is not None:
-            raise ValueError("cannot verify an MD5 response against a SCRAM secret")
+    if stored.startswith("SCRAM-SHA-256$") and parse_scram_secret(stored) is not None:
+        raise ValueError("cannot verify an MD5 response against a SCRAM secret")
     expected = md5_response(stored, user, salt).encode("ascii")
     if isinstance(response, bytes):
         got = response

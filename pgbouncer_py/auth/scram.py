@@ -13,7 +13,6 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from pgbouncer_py.auth.md5 import is_md5_secret
 from pgbouncer_py.auth.saslprep import saslprep
 
 __all__ = [
@@ -33,6 +32,20 @@ KEY_LEN = 32  # SHA-256 digest size
 NONCE_RAW_LEN = 18  # random bytes per nonce, base64-encoded to 24 characters (like PostgreSQL)
 SALT_LEN = 16  # random salt bytes in secrets we generate (like PostgreSQL)
 MAX_ITERATIONS = 2**31 - 1  # PostgreSQL keeps the count in a signed 32-bit int
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def is_md5_secret(text: str) -> bool:
+    """True if text has the form of a stored MD5 secret: 'md5' followed by 32 lowercase hex digits (SCRAM refuses
+    such a secret; md5.py, which needs SCRAM's parser, takes this from here so that the imports go one way)."""
+    return (
+        isinstance(text, str)
+        and len(text) == 35
+        and text.startswith("md5")
+        and all(c in _HEX for c in text[3:])
+    )
 
 
 class ScramError(Exception):
