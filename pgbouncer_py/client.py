@@ -1,15 +1,17 @@
-"""Client side: startup packet, authentication, then the work phase that forwards queries to a linked server."""
+"""Client side: startup packet, authentication, then the work phase: the relay handler (net/sbuf.py) for what the
+client sends to its linked server."""
 
 import asyncio
 import os
 import struct
 import time
+from functools import partial
 
 from pgbouncer_py import hooks, metrics, pooling, prepare, varcache
 from pgbouncer_py.auth import login
 from pgbouncer_py.log import log
 from pgbouncer_py.net import tls
-from pgbouncer_py.net.flow import LinkedFlow
+from pgbouncer_py.net.sbuf import STOP, SWITCH, LinkedFlow, relay_up
 from pgbouncer_py.netutil import addr_of, format_addr, local_addr_of, peer_cred, tune_tcp
 from pgbouncer_py.objects import (
     CL_ACTIVE,
@@ -19,6 +21,7 @@ from pgbouncer_py.objects import (
     CL_WAITING,
     CL_WAITING_LOGIN,
     Database,
+    link_idle_fast,
     registry,
     set_client_state,
 )
@@ -164,7 +167,6 @@ class Client(LinkedFlow, asyncio.Protocol):
                 self.port = self.listener.port
         else:
             tune_tcp(transport, cfg, sock)
-        registry.total_clients += 1
         set_client_state(self, CL_LOGIN)
         if registry.suspended:
             hooks.hold_transport(transport)     # SUSPEND: not read until RESUME
@@ -172,13 +174,20 @@ class Client(LinkedFlow, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             if self.phase == PH_WORK and not self.admin:
-                server = self.link
-                if server is None and not self.pending and data[0] in _LINK_FIRST:
-                    server = pooling.link_idle_fast(self)
-                if server is not None and not self.pending and server.internal_done is None:
-                    self._forward(data, server)
-                else:
-                    self._queue_data(data)
+                if not self.pending:
+                    server = self.link
+                    if server is None and data[0] in _LINK_FIRST:
+                        server = link_idle_fast(self)
+                    if server is not None and server.internal_done is None:
+                        # HOT: the relay (net/sbuf.py), as in _forward (the server's stats are its pool's)
+                        server.stats.bytes_received += len(data)
+                        if self.ps == 2:
+                            prepare.client_data(self, data, server)
+                        elif relay_up(self, data, server.transport, _client_scan, _client_at,
+                                      self.ps | (self.no_pqexec << 1)) == SWITCH:
+                            prepare.client_data(self, b"", server)
+                        return
+                self._queue_data(data)
                 return
             if self._tls_pending:
                 # decrypted bytes that arrive before _start_tls has looked at the new transport
@@ -211,75 +220,26 @@ class Client(LinkedFlow, asyncio.Protocol):
 
     # --- work phase, the hot path ---
     def _forward(self, data: bytes, server) -> None:
-        """HOT: forward client bytes to the linked server, counting Query/Sync and catching Terminate."""
+        """HOT: relay client bytes to the linked server (net/sbuf.py) with _client_at as the handler, or with
+        prepared-statement tracking's (prepare.client_at) once that started."""
+        self.pool.db.stats.bytes_received += len(data)
         if self.ps == 2:
             prepare.client_data(self, data, server)
-            return
-        n = len(data)
-        self.pool.db.stats.bytes_received += n
-        if self.tail:
-            data = self.tail + data
-            self.tail = b""
-            n = len(data)
-        pos = self.skip
-        flags = self.ps | (self.no_pqexec << 1)
-        while True:
-            # the walk (compiled when built) steps over what is routine, counting Query/Sync; it stops at
-            # what needs a look here: Terminate, a bad length, an unknown type, a Query that disable_pqexec
-            # refuses or that may be SQL PREPARE/EXECUTE/DEALLOCATE, Parse/Bind/Describe/Close that may name
-            # a statement
-            pos, syncs, work = _client_scan(data, pos, self._max_packet, flags)
-            if work and not server.query_start:
-                _start_clock(server)
-            server.expect_rfq += syncs
-            if pos + 5 > n:
-                break
-            t = data[pos]
-            ln = _unpack_len(data, pos + 1)[0]
-            if t == 88:                       # 'X' Terminate
-                if pos:
-                    server.transport.write(data[:pos])
-                self.close("client close request")
-                return
-            if t not in CLIENT_TYPES:
-                if pos:
-                    server.transport.write(data[:pos])
-                self.unknown_packet(data[pos:pos + 8])
-                return
-            if t == 81:
-                if self.no_pqexec:
-                    if pos:
-                        server.transport.write(data[:pos])
-                    self.close("PQexec disallowed", send_error=True)
-                    return
-                if self.ps and sql.might_start(data, pos + 5, min(pos + 1 + ln, n)):
-                    prepare.handoff(self, server, data, pos)     # SQL-level PREPARE/EXECUTE/DEALLOCATE
-                    return
-            if ln < 4 or ln > self._max_packet:
-                self.close("bad packet header" if ln < 4 else "max_packet_size exceeded", send_error=True)
-                return
-            if not server.query_start:
-                _start_clock(server)
-            if t == 81:                       # a Query that is not one of those commands after all
-                server.expect_rfq += 1
-                pos += 1 + ln
-                continue
-            # Parse/Bind/Describe/Close with statements tracked: a complete unnamed batch up to its Sync stays
-            # here (lengths checked, one step to its end); anything else is tracked from here on
-            end = prepare.unnamed_batch_end(data, pos, self._max_packet)
-            if end < 0:
-                prepare.handoff(self, server, data, pos)
-                return
-            server.expect_rfq += 1
-            pos = end
-        if pos >= n:
-            self.skip = pos - n
-            server.transport.write(data)
-        else:
-            self.skip = 0
-            self.tail = data[pos:]
-            if pos:
-                server.transport.write(data[:pos])
+        elif relay_up(self, data, server.transport, _client_scan, _client_at,
+                   self.ps | (self.no_pqexec << 1)) == SWITCH:
+            prepare.client_data(self, b"", server)     # _client_at started tracking: it relays the rest
+
+    def activate(self) -> None:
+        """Released with data already queued (objects.release): it needs a server again."""
+        pooling.activate_client(self)
+
+    def take_server(self, server) -> None:
+        """A server came free for this waiting client (objects.server_available)."""
+        pooling.link(self, server)
+
+    def close_requested(self) -> None:
+        """Terminate."""
+        self.close("client close request")
 
     def _queue_data(self, data: bytes) -> None:
         """Data while no server is linked (or one is being prepared): hold it and ask the pool for a server."""
@@ -557,7 +517,7 @@ class Client(LinkedFlow, asyncio.Protocol):
             limit = db.setting("max_db_client_connections", cfg.max_db_client_connections)
             if limit and db.client_count >= limit and not self._exempt_from_client_limits():
                 raise ProtocolError("client connections exceeded (max_db_client_connections)")
-            db.client_count += 1
+            db.clients[self] = None
             self.counted_db = db
         self.db = db
         self.phase = PH_AUTH
@@ -576,7 +536,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         if limit and account.client_count >= limit and not self._exempt_from_client_limits():
             self.close("client connections exceeded (max_user_client_connections)", send_error=True)
             return False
-        account.client_count += 1
+        account.clients[self] = None
         self.counted_user = account
         return True
 
@@ -773,18 +733,57 @@ class Client(LinkedFlow, asyncio.Protocol):
         if self.cancel_key:
             registry.cancel_keys.pop(self.cancel_key, None)
         if self.counted_db is not None:
-            self.counted_db.client_count -= 1
+            self.counted_db.clients.pop(self, None)
             self.counted_db = None
         if self.counted_user is not None:
-            self.counted_user.client_count -= 1
+            self.counted_user.clients.pop(self, None)
             self.counted_user = None
         server = self.link
         if server is not None:
             pooling.client_unlinked_by_close(self, server)
         if self.console is not None:
             self.console.closed()
-        registry.total_clients -= 1
         set_client_state(self, CL_FREE)
+
+
+def _client_at(client, data, pos: int, end: int) -> int:
+    """The relay's handler for untracked client bytes, at a message the walk (proto/scan.client_scan, which
+    counted the Query/Sync it stepped over) stopped at: Terminate, a bad length, a type the pooler does not
+    know, a Query that disable_pqexec refuses or that may be SQL PREPARE/EXECUTE/DEALLOCATE,
+    Parse/Bind/Describe/Close that may name a statement."""
+    t = data[pos]
+    if t == 88:                           # 'X' Terminate
+        client.relay_arg = client.close_requested
+        return STOP
+    if t not in CLIENT_TYPES:
+        client.relay_arg = partial(client.unknown_packet, data[pos:pos + 8])
+        return STOP
+    ln = end - pos - 1
+    if t == 81:
+        if client.no_pqexec:
+            client.relay_arg = partial(client.close, "PQexec disallowed", send_error=True)
+            return STOP
+        if client.ps and sql.might_start(data, pos + 5, min(end, len(data))):
+            prepare.activate(client, client.link)     # SQL-level PREPARE/EXECUTE/DEALLOCATE: tracked from here
+            return SWITCH
+    if ln < 4 or ln > client._max_packet:
+        client.relay_arg = partial(client.close, "bad packet header" if ln < 4 else "max_packet_size exceeded",
+                                   send_error=True)
+        return STOP
+    server = client.link
+    if not server.query_start:
+        _start_clock(server)
+    if t == 81:                           # a Query that is not one of those commands after all
+        server.expect_rfq += 1
+        return end
+    # Parse/Bind/Describe/Close with statements tracked: a complete unnamed batch up to its Sync stays here
+    # (lengths checked, one step to its end); anything else is tracked from here on
+    batch_end = prepare.unnamed_batch_end(data, pos, client._max_packet)
+    if batch_end < 0:
+        prepare.activate(client, server)
+        return SWITCH
+    server.expect_rfq += 1
+    return batch_end
 
 
 def _short_tls_error(e: BaseException) -> str:

@@ -5,7 +5,7 @@ import time
 
 from pgbouncer_py import hooks, pooling
 from pgbouncer_py.log import log
-from pgbouncer_py.objects import CL_WAITING, CL_WAITING_LOGIN, registry
+from pgbouncer_py.objects import CL_WAITING, CL_WAITING_LOGIN, is_stale, registry
 from pgbouncer_py.proto import build
 from pgbouncer_py.stats import Stats, averages, stats_log_line
 
@@ -158,7 +158,7 @@ class Janitor:
             return
         for s in list(pool.active_servers):
             # session pooling: a server that must be replaced goes as soon as its transaction is over
-            if s.ready and s.expect_rfq == 0 and s.internal_done is None and pooling.is_stale(s):
+            if s.ready and s.expect_rfq == 0 and s.internal_done is None and is_stale(s):
                 s.close(pooling.STALE)
 
     def idle_servers(self, pool, now: float, cfg) -> None:
@@ -167,7 +167,7 @@ class Janitor:
         lifetime = db.setting("server_lifetime", cfg.server_lifetime)
         too_many = pool.server_count() - (pool.pool_size(cfg) + pool.reserve_pool_size(cfg))
         for s in list(pool.idle_servers):
-            if pooling.is_stale(s):
+            if is_stale(s):
                 s.close(pooling.STALE)
             elif too_many > 0:
                 too_many -= 1

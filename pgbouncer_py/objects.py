@@ -1,13 +1,19 @@
-"""Databases, users and pools, and the one place that moves a client or server between the lists of its pool.
+"""Databases, users and pools, and the one place that moves a client or server between the lists of its pool,
+links and unlinks them (link_idle_fast is the hot link of an idle server), and releases a server at the end of a
+transaction (release, server_available: an auth_query lookup, a waiting client, or the idle list).
 
 A socket's state is a location (DESIGN.md rule 3): every client/server sits in exactly one list, counts are lengths.
+A move the state machine does not know (set_client_state/set_server_state) is an internal error: logged, and that
+one connection is closed.
 """
 
 import itertools
 import os
 import random
 import time
+from time import monotonic
 
+from pgbouncer_py import varcache
 from pgbouncer_py.log import log
 from pgbouncer_py.stats import Stats
 
@@ -37,6 +43,18 @@ SERVER_LISTS = {SV_LOGIN: "login_servers", SV_IDLE: "idle_servers", SV_ACTIVE: "
                 SV_BEING_CANCELED: "being_canceled_servers"}
 
 
+class _Nowhere(dict):
+    """The list of sockets in no list: holds nothing."""
+
+    __slots__ = ()
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+
+NOWHERE = _Nowhere()
+
+
 class Database:
     """A [databases] entry (or an auto-database made from '*', or the admin database 'pgbouncer')."""
 
@@ -55,8 +73,12 @@ class Database:
         self.avg: dict = {}
         self.inactive_since = time.monotonic()
         self.host_index = 0
-        self.client_count = 0       # clients of this database, from login on (max_db_client_connections)
+        self.clients: dict = {}     # clients of this database, from login on (max_db_client_connections)
         self.dynamic_users: dict[str, DbUser] = {}   # users auth_query found for logins to this database
+
+    @property
+    def client_count(self) -> int:
+        return len(self.clients)
 
     @property
     def dbname(self) -> str:
@@ -81,7 +103,11 @@ class User:
         self.conf = conf
         self.scram_client_key: bytes | None = None
         self.scram_server_key: bytes | None = None
-        self.client_count = 0
+        self.clients: dict = {}       # clients of this user, from authentication on (max_user_client_connections)
+
+    @property
+    def client_count(self) -> int:
+        return len(self.clients)
 
     @property
     def account(self) -> "User":
@@ -116,12 +142,12 @@ class DbUser(User):
         return self._account.conf
 
     @property
-    def client_count(self) -> int:
-        return self._account.client_count
+    def clients(self) -> dict:
+        return self._account.clients
 
-    @client_count.setter
-    def client_count(self, value: int) -> None:
-        self._account.client_count = value
+    @property
+    def client_count(self) -> int:
+        return len(self._account.clients)
 
 
 class Pool:
@@ -152,9 +178,11 @@ class Pool:
         self.auth_waiters: list = []     # auth_query lookups waiting for a server (auth/auth_query.py)
         self.created = time.monotonic()
         self.last_active = time.monotonic()
-        # state -> the list (dict used as an ordered set) holding sockets in that state
+        # state -> the list (dict used as an ordered set) holding sockets in that state; not yet in a state (None)
+        # and free ones are in no list (NOWHERE), so a move is two subscripts
         self.client_lists = {state: getattr(self, name) for state, name in CLIENT_LISTS.items()}
         self.server_lists = {state: getattr(self, name) for state, name in SERVER_LISTS.items()}
+        self.server_lists[None] = self.server_lists[SV_FREE] = NOWHERE
         self._lifetime_cfg = None
         self._lifetime_db_conf = None
         self._lifetime = 0.0
@@ -228,7 +256,7 @@ class Registry:
         self.pools: dict[tuple[str, str], Pool] = {}
         self.login_clients: dict = {}
         self.cancel_keys: dict[bytes, object] = {}
-        self.total_clients = 0
+        self.clients: dict = {}                   # every client connection, from accept to close
         self.paused = False
         self.suspended = False
         self.shutting_down = False
@@ -240,6 +268,10 @@ class Registry:
         self.main = None                          # pgbouncer_py.main.Pooler
         self.socket_ids = itertools.count(1)      # SHOW CLIENTS/SERVERS `id` (the KILL_CLIENT handle)
         self.total_avg: dict = {}                 # stats_period averages over all databases (SHOW TOTALS)
+
+    @property
+    def total_clients(self) -> int:
+        return len(self.clients)
 
     def get_pool(self, db: Database, user: User) -> Pool:
         key = (db.name, user.name)
@@ -273,10 +305,41 @@ class Registry:
 registry = Registry()
 
 
+# the moves set_client_state/set_server_state accept: a connection starts (None) anywhere (a login, or restored by
+# an online restart), leaves (FREE) from anywhere; FREE is final; only the startup enters login; a client waits
+# for its login only from login; a cancel request is one from login. Anything else is an internal error.
+_CLIENT_STATES = frozenset((CL_LOGIN, CL_WAITING_LOGIN, CL_WAITING, CL_ACTIVE, CL_ACTIVE_CANCEL, CL_WAITING_CANCEL,
+                            CL_FREE))
+_SERVER_STATES = frozenset((SV_LOGIN, SV_IDLE, SV_ACTIVE, SV_USED, SV_TESTED, SV_ACTIVE_CANCEL, SV_BEING_CANCELED,
+                            SV_FREE))
+_CLIENT_MOVES = {
+    None: _CLIENT_STATES,
+    CL_LOGIN: frozenset((CL_LOGIN, CL_WAITING_LOGIN, CL_ACTIVE, CL_ACTIVE_CANCEL, CL_FREE)),
+    CL_WAITING_LOGIN: frozenset((CL_WAITING_LOGIN, CL_ACTIVE, CL_WAITING, CL_FREE)),
+    CL_WAITING: frozenset((CL_WAITING, CL_ACTIVE, CL_FREE)),
+    CL_ACTIVE: frozenset((CL_ACTIVE, CL_WAITING, CL_FREE)),
+    CL_ACTIVE_CANCEL: frozenset((CL_ACTIVE_CANCEL, CL_FREE)),
+    CL_WAITING_CANCEL: frozenset((CL_WAITING_CANCEL, CL_ACTIVE_CANCEL, CL_FREE)),
+    CL_FREE: frozenset((CL_FREE,)),
+}
+_LIVE_SERVER = _SERVER_STATES - {SV_LOGIN}
+_SERVER_MOVES = {state: _LIVE_SERVER for state in _SERVER_STATES}
+_SERVER_MOVES[None] = _SERVER_STATES
+_SERVER_MOVES[SV_FREE] = frozenset((SV_FREE,))
+
+
 def set_client_state(client, new_state: str) -> None:
-    """Move a client to the list of new_state (the only code that does it)."""
+    """Move a client to the list of new_state (the only code that does it). An illegal move is not made: it is
+    logged as an internal error and that client is closed."""
     old = client.state
+    if new_state not in _CLIENT_MOVES[old]:
+        _illegal_move(client, old, new_state)
+        return
     pool = client.pool
+    if old is None:
+        registry.clients[client] = None
+    elif new_state == CL_FREE:
+        registry.clients.pop(client, None)
     if old == CL_LOGIN:
         registry.login_clients.pop(client, None)
     elif pool is not None:
@@ -293,17 +356,158 @@ def set_client_state(client, new_state: str) -> None:
 
 
 def set_server_state(server, new_state: str, now: float = 0.0) -> None:
-    """Move a server to the list of new_state (the only code that does it); `now`: monotonic, if known."""
+    """Move a server to the list of new_state (the only code that does it); `now`: monotonic, if known. An
+    illegal move is not made: it is logged as an internal error and that server is closed."""
+    old = server.state
+    if new_state not in _SERVER_MOVES[old]:
+        _illegal_move(server, old, new_state)
+        return
     lists = server.pool.server_lists
-    lst = lists.get(server.state)
-    if lst is not None:
-        lst.pop(server, None)
+    lists[old].pop(server, None)
     server.state = new_state
-    lst = lists.get(new_state)
-    if lst is not None:
-        lst[server] = None
+    lists[new_state][server] = None
     if new_state == SV_IDLE:
         server.idle_since = now or time.monotonic()
+
+
+def _illegal_move(conn, old, new) -> None:
+    log_internal_error(conn, f"illegal state change {old} -> {new}")
+    if new != CL_FREE and old != CL_FREE:      # (CL_FREE == SV_FREE) closing moves it to free, a legal move
+        conn.close("internal error")
+
+
+# --- links: a client and the server it uses, set and cleared only here ---
+
+def link(client, server) -> None:
+    """Give `server` to an active `client`: the server active, each the other's link."""
+    set_server_state(server, SV_ACTIVE)
+    client.link = server
+    server.link = client
+
+
+def link_idle_fast(client):
+    """HOT: the common start of a transaction — an idle server that needs no check and no SET (a pool decision
+    kept here to link it at once). Links it and returns it, or returns None and leaves everything as it was (the
+    caller then takes pooling's general path, activate_client)."""
+    pool = client.pool
+    idle = pool.idle_servers
+    if not idle or client.state != CL_ACTIVE or client.replication != "none":
+        return None
+    if pool.db.paused or registry.paused or registry.suspended:
+        return None
+    cfg = registry.cfg
+    server = next(iter(idle)) if cfg.server_round_robin else next(reversed(idle))
+    now = monotonic()
+    delay = cfg.server_check_delay
+    if delay is not None and delay >= 0 and now - server.idle_since >= delay:
+        return None
+    if not varcache.covered(client.vars, server):
+        return None
+    pool.db.stats.server_assignment_count += 1
+    set_server_state(server, SV_ACTIVE)
+    client.link = server
+    server.link = client
+    server.request_time = client.request_time = now + registry.wall_offset
+    server.query_start = server.xact_start = now    # the client's data goes out right away
+    pool.last_active = now
+    return server
+
+
+def unlink(client, server) -> None:
+    """End a link (a release, or one side closing)."""
+    if client is not None:
+        client.link = None
+    if server is not None:
+        server.link = None
+
+
+def release(server) -> None:
+    """The linked client's transaction is over (decided in one place, Server.relay_at, at ReadyForQuery):
+    unlink; a client that already sent more asks for a server again (Client.activate); the server is reset
+    (server_reset_query_always) or becomes available."""
+    client = server.link
+    if client is not None:
+        client.link = None
+        server.link = None
+        client.idle_since = server.last_rfq
+        if client.pending:
+            client.activate()
+        cfg = registry.cfg
+        if cfg.server_reset_query_always and cfg.server_reset_query:
+            reset_server(server, client.pool_mode)
+            return
+    server_available(server, server.last_rfq)
+
+
+def reset_server(server, pool_mode: str) -> None:
+    """Session mode (or server_reset_query_always): run server_reset_query before reuse."""
+    cfg = registry.cfg
+    q = cfg.server_reset_query
+    if q and (pool_mode == "session" or cfg.server_reset_query_always):
+        set_server_state(server, SV_TESTED)
+        server.run_internal(q, _reset_done)
+    else:
+        server_available(server)
+
+
+def _reset_done(server, error) -> None:
+    if error is not None:
+        server.close(f"reset query failed: {error}")
+        return
+    server_available(server)
+
+
+STALE = "database configuration changed"     # why a server of a changed configuration goes
+
+
+def is_stale(server) -> bool:
+    """Whether a server must not be reused (RECONNECT, TLS change, database changed on RELOAD): it is closed
+    with STALE, one reason for all of them in PgBouncer's words, never the name of an internal flag."""
+    db = server.pool.db
+    return server.close_needed or (db.dirty and getattr(server, "db_conf", db.conf) is not db.conf)
+
+
+def server_available(server, now: float = 0.0) -> None:
+    """A server that is ready and unlinked: close it if it must go, give it to an auth_query lookup or a waiting
+    client, or idle it. `now`: monotonic, if known."""
+    state = server.state
+    if state == SV_FREE:                # closed
+        return
+    if not server.ready:
+        server.close("server not ready at release")
+        return
+    if server.cancels:
+        set_server_state(server, SV_BEING_CANCELED)    # a cancel request is still on its way to this backend
+        return
+    pool = server.pool
+    db = pool.db
+    if server.close_needed or db.dirty:
+        if is_stale(server):
+            server.close(STALE)
+            return
+    if not now:
+        now = time.monotonic()
+    cfg = registry.cfg
+    lifetime = pool._lifetime if pool._lifetime_cfg is cfg and pool._lifetime_db_conf is db.conf \
+        else pool.server_lifetime(cfg)
+    if lifetime and now - server.created > lifetime:
+        server.close("server lifetime over")
+        return
+    if db.paused or registry.paused:
+        set_server_state(server, SV_IDLE, now)
+        return
+    waiters = pool.auth_waiters
+    while waiters:                       # auth_query lookups (auth/auth_query.py Lookup) come first
+        lookup = waiters.pop(0)
+        if not lookup.finished:
+            lookup.run_on(server)
+            return
+    if pool.waiting_clients:
+        for client in pool.waiting_clients:
+            if client.state == CL_WAITING and client.replication == "none":
+                client.take_server(server)     # pooling.link: the client's parameters, then its data
+                return
+    set_server_state(server, SV_IDLE, now)
 
 
 def random_choice(seq):

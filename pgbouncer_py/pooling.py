@@ -1,4 +1,5 @@
-"""Pool decisions: give a client a server, launch and release server connections, react to their exits."""
+"""Pool decisions: give a client a server (or queue it), launch server connections, react to their logins and
+exits. Links, releases and state moves themselves are objects.py's."""
 
 import time
 
@@ -8,19 +9,22 @@ from pgbouncer_py.objects import (
     CL_ACTIVE,
     CL_WAITING,
     CL_WAITING_LOGIN,
-    SV_ACTIVE,
+    STALE,
     SV_BEING_CANCELED,
     SV_IDLE,
     SV_LOGIN,
     SV_TESTED,
     SV_USED,
     registry,
+    reset_server,
+    server_available,
     set_client_state,
     set_server_state,
+    unlink,
 )
+from pgbouncer_py.objects import link as link_objects
+from pgbouncer_py.server import Server, server_unix_path
 from pgbouncer_py.varcache import TRACKED_PARAMS, tracked_params  # noqa: F401  (stable names for callers)
-
-STALE = "database configuration changed"     # why a server of a changed configuration goes
 
 
 def server_password(pool) -> str | None:
@@ -33,7 +37,6 @@ def server_password(pool) -> str | None:
 
 def server_address(pool) -> tuple[str, int, str | None]:
     """(host, port, unix socket path or None) for a new server connection, honouring host lists."""
-    from pgbouncer_py.server import server_unix_path
     db = pool.db
     conf = db.conf
     host = conf.host if conf is not None else None
@@ -137,9 +140,8 @@ def launch_new_connection(pool, *, force: bool = False) -> bool:
             return False
     if not can_launch(pool, cfg, now):
         return False
-    from pgbouncer_py.server import Server
     host, port, path = server_address(pool)
-    server = Server(pool, host or "", port, path)
+    server = Server(pool, host or "", port, path, PoolSide)
     server.db_conf = pool.db.conf     # a RELOAD that changes the database makes this server stale
     pool.last_connect_time = now
     set_server_state(server, "login")
@@ -176,34 +178,6 @@ def activate_client(client) -> None:
         launch_new_connection(pool)
 
 
-def link_idle_fast(client):
-    """HOT: the common start of a transaction — an idle server that needs no check and no SET. Links it and
-    returns it, or returns None and leaves everything as it was (the caller then takes the general path)."""
-    pool = client.pool
-    idle = pool.idle_servers
-    if not idle or client.state != CL_ACTIVE or client.replication != "none":
-        return None
-    if pool.db.paused or registry.paused or registry.suspended:
-        return None
-    cfg = registry.cfg
-    server = next(iter(idle)) if cfg.server_round_robin else next(reversed(idle))
-    now = time.monotonic()
-    delay = cfg.server_check_delay
-    if delay is not None and delay >= 0 and now - server.idle_since >= delay:
-        return None
-    if not varcache.covered(client.vars, server):
-        return None
-    stats = pool.db.stats
-    stats.server_assignment_count += 1
-    set_server_state(server, SV_ACTIVE)
-    client.link = server
-    server.link = client
-    server.request_time = client.request_time = now + registry.wall_offset
-    server.query_start = server.xact_start = now    # the client's data goes out right away
-    pool.last_active = now
-    return server
-
-
 def _serve_replication(pool, cfg, now: float) -> bool:
     """Replication connections are never pooled: the oldest replication client waiting without a server (for
     its first command, or for its login in a pool that has none yet) gets one logged in with replication, just
@@ -225,9 +199,8 @@ def _serve_replication(pool, cfg, now: float) -> bool:
             return True
         if not can_launch(pool, cfg, now):
             return True
-    from pgbouncer_py.server import Server
     host, port, path = server_address(pool)
-    server = Server(pool, host or "", port, path)
+    server = Server(pool, host or "", port, path, PoolSide)
     server.db_conf = pool.db.conf
     server.replication = client.replication
     server.replication_client = client
@@ -280,10 +253,9 @@ def link(client, server) -> None:
         if metrics.recorder is not None:
             metrics.recorder.waited(client.pool.db, now - client.wait_start)
     client.pool.db.stats.server_assignment_count += 1
-    set_client_state(client, CL_ACTIVE)
-    set_server_state(server, SV_ACTIVE)
-    client.link = server
-    server.link = client
+    if client.state != CL_ACTIVE:
+        set_client_state(client, CL_ACTIVE)
+    link_objects(client, server)
     server.request_time = now + registry.wall_offset
     client.pool.last_active = now
     if server.replication is not None:      # walsenders accept no SET
@@ -315,70 +287,11 @@ def _vars_applied(server, error) -> None:
     client.link_ready()
 
 
-def release_server(server) -> None:
-    """Transaction/statement mode: the transaction ended, the server goes back to the pool."""
-    client = server.link
-    if client is not None:
-        client.link = None
-        server.link = None
-        client.idle_since = server.last_rfq
-        if client.pending:
-            # the client already sent more: it needs a server again
-            activate_client(client)
-        if registry.cfg.server_reset_query_always and registry.cfg.server_reset_query:
-            reset_server(server, client.pool_mode)
-            return
-    server_available(server)
-
-
-def server_available(server) -> None:
-    """A server that is ready and unlinked: close it if it must go, give it to a waiting client, or idle it."""
-    if server.closed:
-        return
-    if not server.ready:
-        server.close("server not ready at release")
-        return
-    if server.cancels:
-        set_server_state(server, SV_BEING_CANCELED)    # a cancel request is still on its way to this backend
-        return
-    pool = server.pool
-    db = pool.db
-    if server.close_needed or db.dirty:
-        if is_stale(server):
-            server.close(STALE)
-            return
-    now = time.monotonic()
-    lifetime = pool.server_lifetime(registry.cfg)
-    if lifetime and now - server.created > lifetime:
-        server.close("server lifetime over")
-        return
-    if db.paused or registry.paused:
-        set_server_state(server, SV_IDLE, now)
-        return
-    if pool.auth_waiters:
-        from pgbouncer_py.auth import auth_query
-        if auth_query.give_server(server):
-            return
-    if pool.waiting_clients:
-        for client in pool.waiting_clients:
-            if client.state == CL_WAITING and client.replication == "none":
-                link(client, server)
-                return
-    set_server_state(server, SV_IDLE, now)
-
-
 def cancel_landed(server) -> None:
     """The last cancel request for the server's backend has been delivered: if the server waited for it
     (being_canceled), it can now go to the next client."""
     if server.state == SV_BEING_CANCELED and not server.closed:
         server_available(server)
-
-
-def is_stale(server) -> bool:
-    """Whether a server must not be reused (RECONNECT, TLS change, database changed on RELOAD): it is closed
-    with STALE, one reason for all of them in PgBouncer's words, never the name of an internal flag."""
-    db = server.pool.db
-    return server.close_needed or (db.dirty and getattr(server, "db_conf", db.conf) is not db.conf)
 
 
 def mark_stale(server) -> None:
@@ -431,28 +344,9 @@ def _connect_query_done(server, error) -> None:
     server_available(server)
 
 
-def reset_server(server, pool_mode: str) -> None:
-    """Session mode (or server_reset_query_always): run server_reset_query before reuse."""
-    cfg = registry.cfg
-    q = cfg.server_reset_query
-    if q and (pool_mode == "session" or cfg.server_reset_query_always):
-        set_server_state(server, SV_TESTED)
-        server.run_internal(q, _reset_done)
-    else:
-        server_available(server)
-
-
-def _reset_done(server, error) -> None:
-    if error is not None:
-        server.close(f"reset query failed: {error}")
-        return
-    server_available(server)
-
-
 def client_unlinked_by_close(client, server) -> None:
     """A client left while linked: keep the server if it is clean, else close it."""
-    client.link = None
-    server.link = None
+    unlink(client, server)
     if server.closed:
         return
     if server.replication is not None:
@@ -478,11 +372,16 @@ def server_closed(server, client, reason, login_error, sqlstate, connect_failed,
         server.replication_client = None
         if not connect_failed:
             waiter.close(login_error or reason, send_error=True)
-    if pool.auth_waiters or server.internal_rows is not None:
-        from pgbouncer_py.auth import auth_query
-        auth_query.server_closed(server, login_error is not None, login_error or reason, sqlstate)
+    if login_error is not None:
+        for lookup in list(pool.auth_waiters):       # auth_query lookups waiting for this pool's login
+            lookup.fail(login_error, sqlstate)
+    done = server.internal_done
+    if server.internal_rows is not None and done is not None:
+        server.internal_done = None
+        lost = getattr(getattr(done, "__self__", None), "server_lost", None)
+        if lost is not None:
+            lost()                                    # the auth_query lookup that ran on it
     if client is not None and notify:
-        client.link = None
         client.close(reason, send_error=True)
     if connect_failed:
         pool.last_failed_time = time.monotonic()     # the janitor tries again after server_login_retry
@@ -506,3 +405,12 @@ def server_closed(server, client, reason, login_error, sqlstate, connect_failed,
 
 def statement_mode_violation(server) -> None:
     server.close("transaction blocks not allowed in statement pooling mode")
+
+
+class PoolSide:
+    """What a server connection tells its pool: its password, its login, its exit. server.py does not import
+    pooling (pooling creates the servers and hands them this)."""
+
+    password = staticmethod(server_password)
+    login_done = staticmethod(server_login_done)
+    closed = staticmethod(server_closed)

@@ -1,41 +1,55 @@
 """Protocol-level prepared statements across server connections in transaction/statement mode
 (max_prepared_statements): per-client name map, global statement ids, per-server LRU, rewriting of
-Parse/Bind/Describe/Close and the ordered queue of expected server responses."""
+Parse/Bind/Describe/Close and the ordered queue of expected server responses.
+
+While a link is tracked (client.ps == PS_ACTIVE, server.psq set) both directions are relayed by net/sbuf.py with
+the handlers here, called at every message: client_at (rewrite, queue the expected answer) and server_at (drop
+answers to injected requests, add synthesised ones; ReadyForQuery goes to the server's own handler, which makes
+the release decision). The untracked client handler switches a link to tracking at its first named statement."""
 
 import struct
 import time
-import weakref
 from collections import deque
+from functools import partial
 
 from pgbouncer_py import sqlprepare
 from pgbouncer_py.log import log
+from pgbouncer_py.net.sbuf import DONE, HOLD, SKIP, SKIP_DONE, STOP, relay
 from pgbouncer_py.objects import registry
 from pgbouncer_py.proto import scan, sql
+from pgbouncer_py.proto.messages import parse_parameter_status
+from pgbouncer_py.statements import (  # noqa: F401  (prepare.Statement, prepare.statements: stable names)
+    K_BIND,
+    K_BIND_INJ,
+    K_CLOSE,
+    K_CLOSE_INJ,
+    K_DESCRIBE,
+    K_EXEC_INJ,
+    K_EXECUTE,
+    K_PARSE,
+    K_PARSE_INJ,
+    K_PARSE_NEW,
+    K_QUERY,
+    K_SQL,
+    K_SYN_CLOSE,
+    K_SYN_PARSE,
+    K_SYNC,
+    K_UNTRACKED,
+    Statement,
+    close_message,
+    evict_for_one,
+    lru_touch,
+    lru_unevict,
+    server_add,
+    statements,
+    target_message,
+)
 
 _I32 = struct.Struct("!I")
 _unpack_len = _I32.unpack_from
 
 # client.ps values
 PS_OFF, PS_ON, PS_ACTIVE = 0, 1, 2
-
-# kinds of entries in a server's queue of expected responses (server.psq)
-K_PARSE = 1        # a client's Parse forwarded as is (unnamed): its ParseComplete goes to the client
-K_PARSE_NEW = 2    # a client's named Parse forwarded rewritten: goes to the client; on error undone
-K_PARSE_INJ = 3    # a Parse we injected: its ParseComplete is dropped
-K_BIND = 4
-K_DESCRIBE = 5
-K_CLOSE = 6        # a client's Close forwarded (portal or unnamed statement)
-K_CLOSE_INJ = 7    # eviction Close we sent: its CloseComplete is dropped
-K_EXECUTE = 8
-K_SYNC = 9         # Sync: ends at ReadyForQuery
-K_QUERY = 10       # simple Query / FunctionCall: ends at ReadyForQuery, errors do not skip
-K_UNTRACKED = 11   # ReadyForQuery answers for Query/Sync sent before tracking began (count in entry[1])
-K_SQL = 12         # a Query rewritten for SQL-level PREPARE/EXECUTE/DEALLOCATE (entry[1]: sqlprepare.Job)
-K_BIND_INJ = 13    # Bind we injected (to run a SQL PREPARE before a client's extended-protocol EXECUTE): dropped
-K_EXEC_INJ = 14    # its Execute: the CommandComplete is dropped; on error the statement is not on the server
-K_SYN_PARSE = 15   # ParseComplete to synthesise (the Parse was not sent: the server has the statement)
-K_SYN_CLOSE = 16   # CloseComplete to synthesise (Close answered by the pooler)
-
 _EXTENDED = frozenset((K_PARSE, K_PARSE_NEW, K_PARSE_INJ, K_BIND, K_DESCRIBE, K_CLOSE, K_CLOSE_INJ, K_EXECUTE,
                        K_BIND_INJ, K_EXEC_INJ,
                        K_SYN_PARSE, K_SYN_CLOSE))
@@ -58,53 +72,6 @@ ERR_IN_USE = "prepared statement name is already in use"
 ERR_MISSING = "prepared statement did not exist"
 ERR_BROKEN = "broken Parse/Bind/Describe/Close packet"
 ERR_SQL_ORIGIN = "prepared statement was created by SQL PREPARE: Bind/Describe of it is not supported"
-
-
-class Statement:
-    """One distinct (query text, parameter types), shared by every client that prepares it."""
-
-    __slots__ = ("id", "key", "sql", "server_name", "__weakref__")
-
-    def __init__(self, sid: int, key: bytes, sql: bool = False):
-        self.id = sid
-        self.key = key          # Parse body after the statement name (query\0 + param types); or, for SQL
-        self.sql = sql          # PREPARE (sql=True), the text after the name: "(int) AS SELECT $1"
-        self.server_name = b"PGBOUNCER_%d" % sid
-
-    def parse_message(self) -> bytes:
-        body = self.server_name + b"\0" + self.key
-        return b"P" + _I32.pack(len(body) + 4) + body
-
-
-class Statements:
-    """The global table: a statement lives while a client map or a server LRU refers to it."""
-
-    def __init__(self):
-        self.by_key: weakref.WeakValueDictionary[bytes, Statement] = weakref.WeakValueDictionary()
-        self.by_sql: weakref.WeakValueDictionary[bytes, Statement] = weakref.WeakValueDictionary()
-        self.next_id = 1
-
-    def get(self, key: bytes, sql: bool = False) -> Statement:
-        table = self.by_sql if sql else self.by_key
-        st = table.get(key)
-        if st is None:
-            st = Statement(self.next_id, key, sql)
-            self.next_id += 1
-            table[key] = st
-        return st
-
-    def adopt(self, sid: int, key: bytes, sql: bool = False) -> Statement:
-        """A statement inherited from the old process (online restart) keeps its id, hence its server name."""
-        table = self.by_sql if sql else self.by_key
-        st = table.get(key)
-        if st is None:
-            st = Statement(sid, key, sql)
-            table[key] = st
-        self.next_id = max(self.next_id, sid + 1)
-        return st
-
-
-statements = Statements()
 
 
 # --- online restart (-R): the maps travel with the sockets ---
@@ -179,15 +146,6 @@ def bind_message(portal: bytes, server_name: bytes, rest: bytes) -> bytes:
     return b"B" + _I32.pack(len(body) + 4) + body
 
 
-def target_message(mtype: bytes, kind: int, server_name: bytes) -> bytes:
-    body = bytes((kind,)) + server_name + b"\0"
-    return mtype + _I32.pack(len(body) + 4) + body
-
-
-def close_message(server_name: bytes) -> bytes:
-    return target_message(b"C", 83, server_name)
-
-
 # --- activation ---
 
 def enabled_for(client) -> int:
@@ -227,48 +185,10 @@ def config_changed(old, new) -> None:
                 client.ps = enabled_for(client)
 
 
-# --- the server's LRU ---
-
-def lru_touch(lru: dict, st: Statement) -> bool:
-    """True when the server has `st`; it becomes the most recently used."""
-    if st.id in lru:
-        del lru[st.id]
-        lru[st.id] = st
-        return True
-    return False
-
-
-def lru_unevict(lru: dict, st: Statement) -> None:
-    """An eviction the server did not run: `st` is back, as the oldest."""
-    if st.id not in lru:
-        items = list(lru.items())
-        lru.clear()
-        lru[st.id] = st
-        lru.update(items)
-
-
-def evict_for_one(server) -> list[Statement]:
-    """Take the least recently used statements out of the server's LRU until one more fits."""
-    lru = server.prepared
-    limit = registry.cfg.max_prepared_statements
-    evicted = []
-    while len(lru) >= limit and lru:
-        evicted.append(lru.pop(next(iter(lru))))
-    return evicted
-
-
-def _server_add(server, st: Statement, out: list, q) -> None:
-    """Record that `st` is being prepared on the server; evict the least recently used beyond the limit."""
-    for old in evict_for_one(server):
-        out.append(close_message(old.server_name))
-        q.append((K_CLOSE_INJ, old, None))
-    server.prepared[st.id] = st
-
-
 def _ensure_on_server(server, st: Statement, out: list, q, stats) -> None:
     if lru_touch(server.prepared, st):
         return
-    _server_add(server, st, out, q)
+    server_add(server, st, out, q)
     out.append(st.parse_message())
     q.append((K_PARSE_INJ, st, None))
     stats.server_parse_count += 1
@@ -277,99 +197,66 @@ def _ensure_on_server(server, st: Statement, out: list, q, stats) -> None:
 # --- client -> server ---
 
 def client_data(client, data: bytes, server) -> None:
-    """All client bytes while tracking is active (data starts where the previous call stopped)."""
-    stats = client.pool.db.stats
-    stats.bytes_received += len(data)
-    tail = client.tail
-    if tail:
-        if len(tail) + len(data) < client.tail_need:
-            tail += data                 # a large Parse/Bind still incomplete: gather it (bytearray, linear)
-            return
-        data = bytes(tail + data)
-        client.tail = b""
-    n = len(data)
-    pos = client.skip
-    start = 0
-    out: list = []
-    q = server.psq
-    if q is None:                       # a new server for a client that was tracking: start again
+    """All client bytes while tracking is active: relayed (net/sbuf.py) with client_at as the handler."""
+    if server.psq is None:              # a new server for a client that was tracking: start again
         activate(client, server)
-        q = server.psq
-    maxp = client._max_packet
-    try:
-        while pos < n:
-            if pos + 5 > n:
-                break
-            t = data[pos]
-            ln = _unpack_len(data, pos + 1)[0]
-            if ln < 4 or ln > maxp:
-                _write(server, out, data, start, pos)
-                client.close("bad packet header" if ln < 4 else "max_packet_size exceeded", send_error=True)
-                return
-            end = pos + 1 + ln
-            if t == 80 or t == 66 or t == 68 or t == 67:          # P B D C
+    if relay(client, data, server.transport, None, client_at) != STOP:
+        _emit_synth(server, client)
+
+
+def client_at(client, data, pos: int, end: int) -> int:
+    """The relay's handler for every client message while tracking: rewrite Parse/Bind/Describe/Close to the
+    server's statement names, queue what answer each request expects (server.psq)."""
+    t = data[pos]
+    ln = end - pos - 1
+    if ln < 4 or ln > client._max_packet:
+        client.relay_arg = partial(client.close, "bad packet header" if ln < 4 else "max_packet_size exceeded",
+                                   send_error=True)
+        return STOP
+    server = client.link
+    q = server.psq
+    if t == 80 or t == 66 or t == 68 or t == 67:          # P B D C
+        if end > len(data):
+            return HOLD
+        _start_query(server)
+        out: list = []
+        try:
+            _client_message(client, server, t, data[pos + 5:end], data, pos, end, out, q, client.pool.db.stats)
+        except PacketError as e:
+            client.relay_arg = partial(client.close, str(e), send_error=True)
+            return STOP
+        client.relay_arg = out[0] if len(out) == 1 else b"".join(out)
+        return SKIP
+    if t == 83 or t == 81 or t == 70:                     # Sync, Query, FunctionCall
+        if t == 81:
+            if client.no_pqexec:
+                client.relay_arg = partial(client.close, "PQexec disallowed", send_error=True)
+                return STOP
+            n = len(data)
+            if pos + 5 < n and data[pos + 5] in sql.FIRST_BYTES and sql.might_start(data, pos + 5, min(end, n)):
                 if end > n:
-                    break
-                if pos > start:
-                    out.append(data[start:pos])
-                _start_query(server)
-                _client_message(client, server, t, data[pos + 5:end], data, pos, end, out, q, stats)
-                start = end
-            elif t == 83 or t == 81 or t == 70:                 # Sync, Query, FunctionCall
-                if t == 81 and client.no_pqexec:
-                    _write(server, out, data, start, pos)
-                    client.close("PQexec disallowed", send_error=True)
-                    return
-                if t == 81 and pos + 5 < n and data[pos + 5] in sql.FIRST_BYTES and sql.might_start(
-                        data, pos + 5, min(end, n)):
-                    if end > n:
-                        break
-                    msg = sqlprepare.client_query(client, server, data[pos + 5:end - 1], q, stats, K_SQL)
-                    if msg is not None:                         # SQL-level PREPARE/EXECUTE/DEALLOCATE
-                        if pos > start:
-                            out.append(data[start:pos])
-                        out.append(msg)
-                        start = end
-                        server.expect_rfq += 1
-                        _start_query(server)
-                        pos = end
-                        continue
-                server.expect_rfq += 1
-                q.append((K_SYNC if t == 83 else K_QUERY, None, None))
-                _start_query(server)
-            elif t == 69:                                       # Execute
-                q.append((K_EXECUTE, None, None))
-                _start_query(server)
-            elif t == 88:                                       # Terminate
-                _write(server, out, data, start, pos)
-                client.close("client close request")
-                return
-            elif t not in scan.CLIENT_TYPES:                    # never forwarded
-                _write(server, out, data, start, pos)
-                client.unknown_packet(data[pos:pos + 8])
-                return
-            pos = end
-    except PacketError as e:
-        _write(server, out, data, start, pos)
-        client.close(str(e), send_error=True)
-        return
-    if pos >= n:
-        client.skip = pos - n
-        _write(server, out, data, start, n)
-    else:
-        client.skip = 0
-        client.tail = bytearray(data[pos:])
-        client.tail_need = 1 + _unpack_len(data, pos + 1)[0] if pos + 5 <= n else 5
-        _write(server, out, data, start, pos)
-    _emit_synth(server, client)
-
-
-def _write(server, out: list, data: bytes, start: int, stop: int) -> None:
-    if stop > start:
-        out.append(data[start:stop] if start or stop < len(data) else data)
-    if out and server.transport is not None:
-        server.transport.write(out[0] if len(out) == 1 else b"".join(out))
-    out.clear()
+                    return HOLD
+                msg = sqlprepare.client_query(client, server, data[pos + 5:end - 1], q, client.pool.db.stats, K_SQL)
+                if msg is not None:                         # SQL-level PREPARE/EXECUTE/DEALLOCATE
+                    server.expect_rfq += 1
+                    _start_query(server)
+                    client.relay_arg = msg
+                    return SKIP
+        server.expect_rfq += 1
+        q.append((K_SYNC if t == 83 else K_QUERY, None, None))
+        _start_query(server)
+        return end
+    if t == 69:                                           # Execute
+        q.append((K_EXECUTE, None, None))
+        _start_query(server)
+        return end
+    if t == 88:                                           # Terminate
+        client.relay_arg = client.close_requested
+        return STOP
+    if t not in scan.CLIENT_TYPES:                        # never forwarded
+        client.relay_arg = partial(client.unknown_packet, data[pos:pos + 8])
+        return STOP
+    return end
 
 
 def _start_query(server) -> None:
@@ -399,7 +286,7 @@ def _client_message(client, server, t: int, body: bytes, data: bytes, pos: int, 
         if lru_touch(server.prepared, st):
             q.append((K_SYN_PARSE, st, name))
             return
-        _server_add(server, st, out, q)
+        server_add(server, st, out, q)
         out.append(st.parse_message())
         q.append((K_PARSE_NEW, st, name))
         stats.server_parse_count += 1
@@ -454,109 +341,71 @@ def _emit_synth(server, client) -> None:
 
 # --- server -> client ---
 
-def server_data(server, data: bytes, client) -> None:
-    """All server bytes while a queue is kept: drop answers to injected requests, add synthesised ones."""
-    from pgbouncer_py import pooling
-    from pgbouncer_py.proto.messages import parse_parameter_status
-    stats = server.pool.db.stats
-    stats.bytes_sent += len(data)
-    if server.tail:
-        data = server.tail + data
-        server.tail = b""
-    n = len(data)
-    pos = server.skip
-    start = 0
-    q = server.psq
-    out: list = []
-    release = False
-    while pos < n:
-        if pos + 5 > n:
-            break
-        t = data[pos]
-        end = pos + 1 + _unpack_len(data, pos + 1)[0]
-        if t == 90 or t == 83 or t == 67 or t == 69:
-            if end > n:
-                break
-        kind = q[0][0] if q else 0
-        if t == 90:                                              # ReadyForQuery
-            while q and q[0][0] not in (K_SYNC, K_QUERY, K_UNTRACKED, K_SQL):
-                q.popleft()                                      # defensive: nothing else answers at 'Z'
-            if q:
-                e = q[0]
-                if e[0] == K_UNTRACKED and e[1] > 1:
-                    q[0] = (K_UNTRACKED, e[1] - 1, None)
-                else:
-                    q.popleft()
-            r = server._ready_for_query(data[pos + 5], stats)
-            if r == 2:
-                out.append(data[start:pos])
-                _flush(client, out)
-                server.tail = b""
-                server.skip = 0
-                pooling.statement_mode_violation(server)
-                return
-            pos = end
-            out.append(data[start:pos])
-            start = pos
-            _synth_into(q, out)
-            release = r == 1 and not q
-            continue
-        if kind == K_SQL and (t == 67 or t == 69):               # answers to a rewritten SQL-level command
-            out.append(data[start:pos])
-            rep = sqlprepare.response(q[0][1], t, data[pos + 5:end])
-            if rep:
-                out.append(rep)
-            start = pos = end
-            continue
-        if t == 83:                                              # ParameterStatus
-            name, value = parse_parameter_status(data[pos + 5:end])
-            server.params[name] = value
-            client.vars[name] = value
-            if log.verbose:
-                log.debug(f"{client.prefix()}setting client var: {name}='{value}'")
-        elif t == 67 and kind != K_EXECUTE:                      # CommandComplete of a simple Query
-            _command_tag(server, client, data[pos + 5:end])
-        elif t == 69:                                            # ErrorResponse
-            if kind in _EXTENDED:
-                out.append(data[start:pos])
-                out.append(sqlprepare.client_names_in_error(client, data[pos:end]))
-                start = pos = end
-                _error_skip(server, client, q)
-                _synth_into(q, out)
-                continue
-        if kind and t in _ENDS.get(kind, ()):
-            if t == 67:
-                _command_tag(server, client, data[pos + 5:end])
-            e = q.popleft()
-            if e[0] in _DROP:
-                out.append(data[start:pos])
-                start = end
-            pos = end
-            if start < pos:
-                out.append(data[start:pos])
-                start = pos
-            _synth_into(q, out)
-            continue
-        pos = end
-    if pos >= n:
-        server.skip = pos - n
-        if start < n:
-            out.append(data[start:] if start else data)
-    else:
-        server.skip = 0
-        server.tail = data[pos:]
-        if start < pos:
-            out.append(data[start:pos])
-    _flush(client, out)
-    if release:
+def server_data(server, data: bytes, client) -> int:
+    """All server bytes while a queue is kept: relayed (net/sbuf.py) with server_at as the handler. When the
+    transaction is over (DONE, returned) tracking stops: the caller releases the server."""
+    r = relay(server, data, client.transport, None, server_at)
+    if r == DONE:
         deactivate(server, client)
-        pooling.release_server(server)
+    return r
 
 
-def _flush(client, out: list) -> None:
-    if out and client.transport is not None:
-        client.transport.write(out[0] if len(out) == 1 else b"".join(out))
-    out.clear()
+def server_at(server, data, pos: int, end: int) -> int:
+    """The relay's handler for every server message while tracking: drop the answers to injected requests,
+    add synthesised ones, map statement names back in errors, undo what an error prevented."""
+    t = data[pos]
+    if (t == 90 or t == 83 or t == 67 or t == 69) and end > len(data):
+        return HOLD
+    q = server.psq
+    kind = q[0][0] if q else 0
+    if t == 90:                                              # ReadyForQuery
+        while q and q[0][0] not in (K_SYNC, K_QUERY, K_UNTRACKED, K_SQL):
+            q.popleft()                                      # defensive: nothing else answers at 'Z'
+        if q:
+            e = q[0]
+            if e[0] == K_UNTRACKED and e[1] > 1:
+                q[0] = (K_UNTRACKED, e[1] - 1, None)
+            else:
+                q.popleft()
+        out = [data[pos:end]]
+        _synth_into(q, out)                                  # answers synthesised after it
+        r = server.relay_at(data, pos, end)                  # the server's own accounting and decision
+        if r == STOP or len(out) == 1:
+            return r
+        server.relay_arg = b"".join(out)
+        return SKIP_DONE if r == DONE else SKIP
+    client = server.link
+    if kind == K_SQL and (t == 67 or t == 69):               # answers to a rewritten SQL-level command
+        server.relay_arg = sqlprepare.response(q[0][1], t, data[pos + 5:end]) or b""
+        return SKIP
+    if t == 83:                                              # ParameterStatus
+        name, value = parse_parameter_status(data[pos + 5:end])
+        server.params[name] = value
+        client.vars[name] = value
+        if log.verbose:
+            log.debug(f"{client.prefix()}setting client var: {name}='{value}'")
+    elif t == 67 and kind != K_EXECUTE:                      # CommandComplete of a simple Query
+        _command_tag(server, client, data[pos + 5:end])
+    elif t == 69 and kind in _EXTENDED:                      # ErrorResponse
+        out = [sqlprepare.client_names_in_error(client, data[pos:end])]
+        _error_skip(server, client, q)
+        _synth_into(q, out)
+        server.relay_arg = b"".join(out)
+        return SKIP
+    if kind and t in _ENDS.get(kind, ()):
+        if t == 67:
+            _command_tag(server, client, data[pos + 5:end])
+        e = q.popleft()
+        out = [] if e[0] in _DROP else [data[pos:end]]
+        _synth_into(q, out)
+        if not out:
+            server.relay_arg = b""
+            return SKIP
+        if len(out) == 1 and e[0] not in _DROP:
+            return end
+        server.relay_arg = b"".join(out)
+        return SKIP
+    return end
 
 
 def _synth_into(q, out: list) -> None:
@@ -617,12 +466,11 @@ def unnamed_batch_end(data: bytes, pos: int, max_packet: int = 2147483647) -> in
 
 
 def handoff(client, server, data: bytes, pos: int) -> None:
-    """The untracked fast path met Parse/Bind/Describe/Close at `pos` (a message boundary): forward what
-    came before and track the rest of this link period."""
+    """Start tracking at `pos` (a message boundary) of client bytes: what came before goes as it is. (The relay
+    switches to tracking by itself, _client_at's SWITCH; this entry is for the unit tests.)"""
     if pos:
         server.transport.write(data[:pos])
     client.skip = 0
-    client.pool.db.stats.bytes_received -= len(data) - pos      # client_data counts these bytes
     activate(client, server)
     client_data(client, data[pos:] if pos else data, server)
 

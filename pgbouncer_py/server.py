@@ -1,19 +1,21 @@
-"""Server side: connect and log in to PostgreSQL, track ReadyForQuery, forward to the linked client, release."""
+"""Server side: connect and log in to PostgreSQL; in the work phase the relay handler (net/sbuf.py) that tracks
+ReadyForQuery and ParameterStatus on the way to the linked client and decides when the transaction is over."""
 
 import asyncio
 import os
 import ssl
 import struct
 import time
+from time import monotonic
 
-from pgbouncer_py import pooling, prepare, varcache
+from pgbouncer_py import prepare, varcache
 from pgbouncer_py.auth import md5 as md5auth
 from pgbouncer_py.auth import scram
 from pgbouncer_py.log import log
 from pgbouncer_py.net import dns, tls
-from pgbouncer_py.net.flow import LinkedFlow
+from pgbouncer_py.net.sbuf import DONE, HOLD, STOP, LinkedFlow, relay
 from pgbouncer_py.netutil import format_addr, local_addr_of, tune_tcp
-from pgbouncer_py.objects import SV_FREE, SV_LOGIN, registry, set_server_state
+from pgbouncer_py.objects import SV_FREE, SV_LOGIN, registry, release, set_server_state, unlink
 from pgbouncer_py.proto import build
 from pgbouncer_py.proto import constants as C
 from pgbouncer_py.proto.messages import (
@@ -27,7 +29,6 @@ from pgbouncer_py.proto.messages import (
 from pgbouncer_py.proto.scan import server_scan as _server_scan
 
 _HDR = struct.Struct("!cI")
-_unpack_len = struct.Struct("!I").unpack_from
 
 PH_CONNECT, PH_SSL, PH_LOGIN, PH_WORK, PH_INTERNAL, PH_CLOSED = range(6)
 
@@ -35,8 +36,10 @@ PH_CONNECT, PH_SSL, PH_LOGIN, PH_WORK, PH_INTERNAL, PH_CLOSED = range(6)
 class Server(LinkedFlow, asyncio.Protocol):
     """One connection to PostgreSQL, owned by a pool."""
 
-    def __init__(self, pool, host: str, port: int, unix_path: str | None):
+    def __init__(self, pool, host: str, port: int, unix_path: str | None, pool_side):
         self.pool = pool
+        self.stats = pool.db.stats      # (a pool's database, and its stats object, never change)
+        self.pool_side = pool_side      # pooling.PoolSide: told of the login and the exit (pooling creates servers)
         self.state = None
         self.phase = PH_CONNECT
         self.transport = None
@@ -52,8 +55,10 @@ class Server(LinkedFlow, asyncio.Protocol):
         self.backend_key = b""
         self.cancel_key_raw = b""
         self.expect_rfq = 0
-        self.tail = b""
+        self.tail = b""                 # the relay's incomplete message (net/sbuf.py)
+        self.tail_need = 0
         self.skip = 0
+        self.relay_arg = None
         self.ready = False              # idle, not in a transaction
         self.close_needed = False
         self.created = time.monotonic()
@@ -236,8 +241,13 @@ class Server(LinkedFlow, asyncio.Protocol):
         try:
             if self.phase == PH_WORK and self.internal_done is None:
                 client = self.link
-                if client is not None:
-                    self._forward(data, client)
+                if client is not None:     # HOT: the relay (net/sbuf.py), as in _forward
+                    self.stats.bytes_sent += len(data)
+                    if self.psq is None:
+                        if relay(self, data, client.transport, _server_scan, _relay_at) == DONE:
+                            release(self)
+                    elif prepare.server_data(self, data, client) == DONE:
+                        release(self)
                     return
             self._slow_path(data)
         except ProtocolError as e:
@@ -247,83 +257,67 @@ class Server(LinkedFlow, asyncio.Protocol):
             self.close("internal error")
 
     def _forward(self, data: bytes, client) -> None:
-        """HOT: forward server bytes to the client, noticing ReadyForQuery and ParameterStatus."""
-        if self.psq is not None:
-            prepare.server_data(self, data, client)
-            return
-        n = len(data)
-        stats = self.pool.db.stats
-        stats.bytes_sent += n
-        if self.tail:
-            data = self.tail + data
-            self.tail = b""
-            n = len(data)
-        pos = self.skip
-        release = False
-        while pos + 5 <= n:
-            pos = _server_scan(data, pos)        # the next ReadyForQuery, ParameterStatus or short CommandComplete
-            if pos + 5 > n:
-                break
-            t = data[pos]
-            end = pos + 1 + _unpack_len(data, pos + 1)[0]
-            if end > n:
-                break
-            if t == 90:                      # 'Z' ReadyForQuery
-                release = self._ready_for_query(data[pos + 5], stats)
-                if release == 2:
-                    # statement mode and a transaction was opened: the client gets what came before
-                    # this ReadyForQuery, then the pool's error; the server is closed
-                    if pos:
-                        client.transport.write(data[:pos])
-                    self.tail = b""
-                    self.skip = 0
-                    pooling.statement_mode_violation(self)
-                    return
-            elif t == 83:                    # 'S' ParameterStatus
-                name, value = parse_parameter_status(data[pos + 5:end])
-                self.params[name] = value
-                client.vars[name] = value    # the server's spelling of the value becomes the client's
-                if log.verbose:
-                    log.debug(f"{client.prefix()}setting client var: {name}='{value}'")
-            else:                            # 'C' of 16/19 bytes (the scan stops at no other): DEALLOCATE/DISCARD ALL?
-                prepare.command_complete_hot(self, client, data, pos, end)
-            pos = end
-        if pos >= n:
-            self.skip = pos - n
-            client.transport.write(data)
+        """Relay server bytes to the linked client (net/sbuf.py): relay_at is the handler, or prepared-statement
+        tracking's while a queue of expected answers is kept (server.psq)."""
+        self.pool.db.stats.bytes_sent += len(data)
+        if self.psq is None:
+            r = relay(self, data, client.transport, _server_scan, _relay_at)
         else:
-            self.skip = 0
-            self.tail = data[pos:]
-            if pos:
-                client.transport.write(data[:pos])
-        if release:
-            pooling.release_server(self)
+            r = prepare.server_data(self, data, client)
+        if r == DONE:
+            release(self)
 
-    def _ready_for_query(self, status: int, stats) -> int:
-        """Account a ReadyForQuery: 1 when the server can go back to the pool now, 2 on a statement-mode
-        violation (a transaction was opened), else 0."""
-        now = time.monotonic()
-        if self.expect_rfq > 0:
-            self.expect_rfq -= 1
-        if self.query_start:
-            stats.query_count += 1
-            stats.query_time += int((now - self.query_start) * 1e6)
-            self.query_start = 0.0
-        self.ready = status == 73            # 'I'
-        self.last_rfq = now
-        if self.ready:
-            if self.xact_start:
-                stats.xact_count += 1
-                stats.xact_time += int((now - self.xact_start) * 1e6)
-                self.xact_start = 0.0
-            if self.expect_rfq == 0 and self.link is not None and self.link.pool_mode != "session":
-                return 1
-            return 0
-        if not self.xact_start:
-            self.xact_start = now
-        if self.expect_rfq == 0 and self.link is not None and self.link.pool_mode == "statement":
-            return 2
-        return 0
+    def relay_at(self, data, pos: int, end: int) -> int:
+        """HOT: the relay's handler for untracked server bytes, at what server_scan stops at: ReadyForQuery,
+        ParameterStatus, a 16/19-byte CommandComplete (maybe DEALLOCATE ALL / DISCARD ALL). At ReadyForQuery
+        (prepare's handler brings it here too) it accounts the query and transaction and makes the one release
+        decision: DONE when the server goes back to the pool, STOP on a statement-mode violation (a
+        transaction was opened: the client gets what came before, then the pool's error), else forward."""
+        if end > len(data):
+            return HOLD
+        t = data[pos]
+        if t == 90:                          # 'Z' ReadyForQuery
+            now = monotonic()
+            if self.expect_rfq > 0:
+                self.expect_rfq -= 1
+            stats = self.stats
+            if self.query_start:
+                stats.query_count += 1
+                stats.query_time += int((now - self.query_start) * 1e6)
+                self.query_start = 0.0
+            self.last_rfq = now
+            if data[pos + 5] == 73:          # 'I'
+                self.ready = True
+                if self.xact_start:
+                    stats.xact_count += 1
+                    stats.xact_time += int((now - self.xact_start) * 1e6)
+                    self.xact_start = 0.0
+                # the one release decision: in transaction and statement mode, when no other ReadyForQuery
+                # is expected and no prepared-statement answer is outstanding, the client's transaction is over
+                client = self.link
+                if self.expect_rfq == 0 and client is not None and client.pool_mode != "session" and not self.psq:
+                    return DONE
+                return end
+            self.ready = False
+            if not self.xact_start:
+                self.xact_start = now
+            if self.expect_rfq == 0 and self.link is not None and self.link.pool_mode == "statement":
+                self.relay_arg = self._statement_mode_violation
+                return STOP
+            return end
+        client = self.link
+        if t == 83:                          # 'S' ParameterStatus
+            name, value = parse_parameter_status(data[pos + 5:end])
+            self.params[name] = value
+            client.vars[name] = value        # the server's spelling of the value becomes the client's
+            if log.verbose:
+                log.debug(f"{client.prefix()}setting client var: {name}='{value}'")
+        else:
+            prepare.command_complete_hot(self, client, data, pos, end)
+        return end
+
+    def _statement_mode_violation(self) -> None:
+        self.close("transaction blocks not allowed in statement pooling mode")
 
     def _slow_path(self, data: bytes) -> None:
         if self.phase == PH_SSL:
@@ -404,7 +398,7 @@ class Server(LinkedFlow, asyncio.Protocol):
         elif mtype == C.B_READY:
             self.phase = PH_WORK
             self.ready = True
-            pooling.server_login_done(self)
+            self.pool_side.login_done(self)
         elif mtype == C.B_NOTICE or mtype == C.B_NEGOTIATE_VERSION:
             pass
         else:
@@ -415,7 +409,7 @@ class Server(LinkedFlow, asyncio.Protocol):
         code, extra = parse_auth_request(body)
         if code == C.AUTH_OK:
             return
-        password = pooling.server_password(self.pool)
+        password = self.pool_side.password(self.pool)
         user = self.pool.user
         if code == C.AUTH_CLEARTEXT:
             if password is None or password.startswith("md5") or password.startswith("SCRAM-SHA-256$"):
@@ -536,9 +530,13 @@ class Server(LinkedFlow, asyncio.Protocol):
                 pass
             self.transport.close() if self.ready else self.transport.abort()
         client = self.link
-        self.link = None
+        if client is not None:
+            unlink(client, self)
         set_server_state(self, SV_FREE)
-        pooling.server_closed(self, client, reason, login_error, login_sqlstate, connect_failed, notify_client)
+        self.pool_side.closed(self, client, reason, login_error, login_sqlstate, connect_failed, notify_client)
+
+
+_relay_at = Server.relay_at
 
 
 def _tls_error_text(e: BaseException, reason) -> str:

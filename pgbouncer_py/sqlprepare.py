@@ -8,10 +8,10 @@ evictions). The client sees what one PostgreSQL session would show: the same com
 texts and SQLSTATEs (errors the pooler decides are raised by the server itself, through a DO block, so that they
 abort a transaction block like the real ones), and error positions mapped back onto the client's text.
 
-Works on one Query at a time: prepare.client_data calls client_query() for a Query text that may be one of the
-commands, and prepare.server_data hands CommandComplete/ErrorResponse answering it to response()."""
+Works on one Query at a time: prepare.client_at calls client_query() for a Query text that may be one of the
+commands, and prepare.server_at hands CommandComplete/ErrorResponse answering it to response()."""
 
-from pgbouncer_py import prepare
+from pgbouncer_py import statements as stmts
 from pgbouncer_py.proto import sql
 from pgbouncer_py.proto.build import command_complete, msg
 
@@ -83,10 +83,10 @@ def client_query(client, server, text: bytes, q, stats, k_sql: int):
         stats.client_parse_count += 1
         if st is not None:
             return _error(job, q, k_sql, "42P05", b'prepared statement "%s" already exists' % name)
-        st = prepare.statements.get(cmd.rest, sql=True)
+        st = stmts.statements.get(cmd.rest, sql=True)
         client.prepared[name] = st
         lru = server.prepared
-        if prepare.lru_touch(lru, st):
+        if stmts.lru_touch(lru, st):
             return _noop(job, q, k_sql, b"PREPARE", ("known", st, name))
         prefix = _evictions(job, server)
         lru[st.id] = st
@@ -104,7 +104,7 @@ def client_query(client, server, text: bytes, q, stats, k_sql: int):
     stats.bind_count += 1
     lru = server.prepared
     prefix = b""
-    if not prepare.lru_touch(lru, st):
+    if not stmts.lru_touch(lru, st):
         prefix = _evictions(job, server)
         prefix += b"PREPARE " + _quoted(st) + st.key + b"\n;\n"
         lru[st.id] = st
@@ -118,7 +118,7 @@ def client_query(client, server, text: bytes, q, stats, k_sql: int):
 def _evictions(job: Job, server) -> bytes:
     """Make room in the server's LRU for one statement: DEALLOCATE text for each evicted one."""
     parts = []
-    for old in prepare.evict_for_one(server):
+    for old in stmts.evict_for_one(server):
         parts.append(b'DEALLOCATE "' + old.server_name + b'";\n')
         job.actions.append(("evict", old, None))
         job.hide += 1
@@ -169,17 +169,17 @@ def parse_execute(client, server, key: bytes, out: list, q, stats) -> bool:
         return False                  # PostgreSQL answers: prepared statement "name" does not exist
     stats.bind_count += 1
     lru = server.prepared
-    if not prepare.lru_touch(lru, st):
-        prepare._server_add(server, st, out, q)
+    if not stmts.lru_touch(lru, st):
+        stmts.server_add(server, st, out, q)
         out.append(msg(b"P", b"\0PREPARE " + _quoted(st) + st.key + b"\0\0\0"))
-        q.append((prepare.K_PARSE_INJ, st, None))
+        q.append((stmts.K_PARSE_INJ, st, None))
         out.append(msg(b"B", b"\0\0\0\0\0\0\0\0"))
-        q.append((prepare.K_BIND_INJ, None, None))
+        q.append((stmts.K_BIND_INJ, None, None))
         out.append(msg(b"E", b"\0\0\0\0\0"))
-        q.append((prepare.K_EXEC_INJ, st, None))
+        q.append((stmts.K_EXEC_INJ, st, None))
         stats.server_parse_count += 1
     out.append(msg(b"P", b"\0" + cmd.rewrite(text, _quoted(st)) + key[qend:]))
-    q.append((prepare.K_PARSE, None, None))
+    q.append((stmts.K_PARSE, None, None))
     return True
 
 
@@ -223,7 +223,7 @@ def undo(job: Job) -> None:
     names = job.client.prepared
     for op, st, name in job.actions:
         if op == "evict":
-            prepare.lru_unevict(lru, st)
+            stmts.lru_unevict(lru, st)
         elif op == "load":
             lru.pop(st.id, None)
         elif op == "prepare":

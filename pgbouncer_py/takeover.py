@@ -567,7 +567,7 @@ def _server_from_row(fd: int, r: dict, st: dict | None, sock: socket.socket):
         return None
     _row_credentials(r, st["user"], db)
     pool = registry.get_pool(db, _user(st["user"], db))
-    s = server.Server(pool, st["host"], st["port"], st.get("unix_path"))
+    s = server.Server(pool, st["host"], st["port"], st.get("unix_path"), pooling.PoolSide)
     s.phase = server.PH_WORK
     s.params = varcache.Values(st.get("params") or {})
     s.backend_pid = st.get("backend_pid", 0)
@@ -678,9 +678,8 @@ async def adopt(inh: Inherited, listeners) -> None:
         peer = by_old_fd.get(c._takeover.get("link") or -1)
         if peer is not None and peer.link is c:
             c.link = peer
-        registry.total_clients += 1
-        c.db.client_count += 1
-        c.user.client_count += 1
+        c.db.clients[c] = None
+        c.user.account.clients[c] = None
         c.counted_db, c.counted_user = c.db, c.user.account
         if c.cancel_key:
             registry.cancel_keys[c.cancel_key] = c

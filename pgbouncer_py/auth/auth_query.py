@@ -8,7 +8,15 @@ import time
 
 from pgbouncer_py import pooling
 from pgbouncer_py.log import log
-from pgbouncer_py.objects import SV_ACTIVE, Database, DbUser, User, registry, set_server_state
+from pgbouncer_py.objects import (
+    SV_ACTIVE,
+    Database,
+    DbUser,
+    User,
+    registry,
+    server_available,
+    set_server_state,
+)
 from pgbouncer_py.proto import build
 
 _I16 = struct.Struct("!h")
@@ -98,15 +106,15 @@ class Lookup:
                     log.info(f"{client.prefix()}registered new auto-database: {auth_dbname}")
             if db is None:
                 log.error(f'{client.prefix()}authentication database "{auth_dbname}" is not configured.')
-                self._fail(CONFIG_ERROR)
+                self.fail(CONFIG_ERROR)
                 return
         if db.admin:
             # the console itself (auth_dbname = pgbouncer, or a console login without a global auth_dbname)
             log.error(f'{client.prefix()}cannot use the reserved "pgbouncer" database as an auth_dbname')
-            self._fail(CONFIG_ERROR)
+            self.fail(CONFIG_ERROR)
             return
         if db.disabled:
-            self._fail(f'authentication database "{db.name}" is disabled')
+            self.fail(f'authentication database "{db.name}" is disabled')
             return
         user = registry.users.get(auth_user)
         if user is None:
@@ -122,7 +130,7 @@ class Lookup:
             return
         if pool.last_login_error is not None and \
                 time.monotonic() - pool.last_failed_time < cfg.server_login_retry:
-            self._fail(f"server login has been failing, cached error: {pool.last_login_error} "
+            self.fail(f"server login has been failing, cached error: {pool.last_login_error} "
                        f"(server_login_retry)")
             return
         pool.auth_waiters.append(self)
@@ -147,11 +155,11 @@ class Lookup:
             log.error(f"S: error in auth_query: ERROR: {error}")
             server.close("error response from auth_query")
         else:
-            pooling.server_available(server)
+            server_available(server)
         if self.finished:
             return
         if error is not None:
-            self._fail(CONFIG_ERROR)
+            self.fail(CONFIG_ERROR)
             return
         self._finish()
         if not self.rows:
@@ -176,7 +184,8 @@ class Lookup:
         if pool is not None and self in pool.auth_waiters:
             pool.auth_waiters.remove(self)
 
-    def _fail(self, text: str, sqlstate: str = "08P01") -> None:
+    def fail(self, text: str, sqlstate: str = "08P01") -> None:
+        """End the lookup with an error for the client (also pooling: its pool's server login failed)."""
         self._finish()
         self.auth.query_failed(text, sqlstate)
 
@@ -186,35 +195,17 @@ class Lookup:
             return
         server = self.server
         if server is not None:
-            self._fail("query_timeout")
+            self.fail("query_timeout")
             server.close("auth_query timeout")
         else:
-            self._fail("query_wait_timeout")
+            self.fail("query_wait_timeout")
+
+    def server_lost(self) -> None:
+        """pooling: the server running the query closed."""
+        if not self.finished:
+            self.server = None
+            self.fail("server conn crashed?")
 
     def cancel(self) -> None:
         """The client went away: forget the request (a running query still finishes on its server)."""
         self._finish()
-
-
-def give_server(server) -> bool:
-    """pooling hook: hand an available server to the oldest auth_query waiter of its pool."""
-    waiters = server.pool.auth_waiters
-    while waiters:
-        lookup = waiters.pop(0)
-        if not lookup.finished:
-            lookup.run_on(server)
-            return True
-    return False
-
-
-def server_closed(server, failed_login: bool, error: str, sqlstate: str) -> None:
-    """pooling hook: a server of an auth pool closed; fail the lookup it ran, or the waiters if login failed."""
-    for lookup in list(server.pool.auth_waiters) if failed_login else ():
-        lookup._fail(error, sqlstate)
-    if getattr(server, "internal_rows", None) is not None and server.internal_done is not None:
-        done = server.internal_done
-        server.internal_done = None
-        owner = getattr(done, "__self__", None)
-        if isinstance(owner, Lookup) and not owner.finished:
-            owner.server = None
-            owner._fail("server conn crashed?")

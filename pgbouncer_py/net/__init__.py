@@ -1,1 +1,1 @@
-"""Networking: listeners, TLS, DNS."""
+"""Networking: the relay between a client and its server (sbuf), listeners, TLS, DNS."""

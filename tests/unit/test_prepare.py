@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from pgbouncer_py import prepare
+from pgbouncer_py.net.sbuf import DONE
 from pgbouncer_py.objects import registry
 from pgbouncer_py.stats import Stats
 
@@ -142,16 +143,17 @@ class FakeServer:
         self.psq = None
         self.expect_rfq = 0
         self.tail = b""
+        self.tail_need = 0
         self.skip = 0
         self.query_start = self.xact_start = 0.0
         self.params = {}
         self.pool = SimpleNamespace(db=SimpleNamespace(stats=stats))
         self.released = 0
 
-    def _ready_for_query(self, status, stats):
+    def relay_at(self, data, pos, end):
         if self.expect_rfq > 0:
             self.expect_rfq -= 1
-        return 1 if self.expect_rfq == 0 else 0
+        return DONE if self.expect_rfq == 0 and not self.psq else end    # as Server.relay_at decides
 
 
 class FakeClient:
@@ -160,11 +162,13 @@ class FakeClient:
         self.prepared = {}
         self.ps = prepare.PS_ON
         self.tail = b""
+        self.tail_need = 0
         self.skip = 0
         self.pool = SimpleNamespace(db=SimpleNamespace(stats=stats))
         self._max_packet = 1 << 30
         self.no_pqexec = False
         self.vars = {}
+        self.pool_mode = "transaction"
         self.closed_with = None
 
     def prefix(self):
@@ -173,13 +177,16 @@ class FakeClient:
     def close(self, reason, send_error=False):
         self.closed_with = reason
 
+    def close_requested(self):
+        self.close("client close request")
+
 
 @pytest.fixture
 def ends(monkeypatch):
     monkeypatch.setattr(registry, "cfg", SimpleNamespace(max_prepared_statements=2), raising=False)
     stats = Stats()
     server, client = FakeServer(stats), FakeClient(stats)
-    monkeypatch.setattr("pgbouncer_py.pooling.release_server", lambda s: setattr(s, "released", s.released + 1))
+    server.link, client.link = client, server
     return client, server, stats
 
 
@@ -193,7 +200,8 @@ def _run(client, server, steps):
                 prepare.handoff(client, server, data, 0)
             got = (summary(server.transport.take(), names), types_of(client.transport.take()))
         else:
-            prepare.server_data(server, data, client)
+            if prepare.server_data(server, data, client) == DONE:
+                server.released += 1             # the caller (Server) releases it
             got = ("", types_of(client.transport.take()))
         assert got == expect, (kind, data)
 
