@@ -288,11 +288,15 @@ class Authenticator:
         if secret is None or self.mock:
             # mock authentication: a secret nobody knows, with a salt that stays the same for a user name,
             # so unknown users look exactly like wrong passwords
+            # (random keys, not PBKDF2 of a password: no proof can match them, and a storm of unknown user
+            # names costs no more CPU than one of known ones)
             salt = hmac.new(_MOCK_KEY, self.client.username.encode(), hashlib.sha256).digest()[:16]
-            secret = scram.make_scram_secret(_MOCK_KEY.hex(), cfg.scram_iterations, salt=salt)
-        parsed = scram.parse_scram_secret(secret)
-        self.scram_server = scram.ScramServer(parsed if parsed is not None else secret,
-                                              iterations=cfg.scram_iterations)
+            self.scram_server = scram.ScramServer(scram.ScramSecret(cfg.scram_iterations, salt, os.urandom(32),
+                                                                    os.urandom(32)))
+        else:
+            parsed = scram.parse_scram_secret(secret)
+            self.scram_server = scram.ScramServer(parsed if parsed is not None else secret,
+                                                  iterations=cfg.scram_iterations)
         self.client.transport.write(build.auth_request(C.AUTH_SASL, b"SCRAM-SHA-256\0\0"))
 
     # --- messages from the client ---
