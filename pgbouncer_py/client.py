@@ -29,6 +29,7 @@ from pgbouncer_py.proto.scan import CLIENT_TYPES
 from pgbouncer_py.proto.scan import client_scan as _client_scan
 
 _unpack_len = struct.Struct("!I").unpack_from
+_RFQ_IDLE = build.ready_for_query(b"I")
 _LINK_FIRST = CLIENT_TYPES - {88}    # data that may take an idle server at once (not Terminate, not an unknown type)
 
 PH_STARTUP, PH_AUTH, PH_WAIT_LOGIN, PH_WORK, PH_CLOSED = range(5)
@@ -40,6 +41,24 @@ CANONICAL = {"client_encoding": "client_encoding", "datestyle": "DateStyle", "ti
 
 
 CANCELED = "canceling statement due to user request"
+
+_REPL_TEXT = {"none": "no", "physical": "yes", "logical": "database"}
+
+# what a login needs from the config, computed once per Config object (a Config is immutable: RELOAD and SET make
+# a new one): (cfg, ignore_startup_parameters lowered, track_extra_parameters lowered)
+_login_cfg: tuple = (None, frozenset(), frozenset())
+
+
+def _login_settings(cfg) -> tuple:
+    global _login_cfg
+    if _login_cfg[0] is not cfg:
+        _login_cfg = (cfg, frozenset(p.lower() for p in cfg.list_setting("ignore_startup_parameters")),
+                      frozenset(p.lower() for p in cfg.list_setting("track_extra_parameters")))
+    return _login_cfg
+
+
+# finish_login's welcome (ParameterStatus messages), built once per (server welcome, config, client values)
+_welcome_cache: dict = {}
 
 
 def first_request_end(buf) -> int:
@@ -457,7 +476,7 @@ class Client(LinkedFlow, asyncio.Protocol):
 
     def _startup_params(self, params: dict[str, str], version: int) -> None:
         cfg = registry.cfg
-        ignore = set(p.lower() for p in cfg.list_setting("ignore_startup_parameters"))
+        _, ignore, tracked = _login_settings(cfg)
         user = params.get("user", "")
         if not user:
             raise ProtocolError("no username supplied")
@@ -465,13 +484,13 @@ class Client(LinkedFlow, asyncio.Protocol):
             raise ProtocolError("username too long")
         self.username = user
         self.dbname = params.get("database") or user
-        for key, value in params.items():
-            if key.lower() == "replication":
+        lowered = [(key, key.lower(), value) for key, value in params.items()]
+        for _key, lk, value in lowered:
+            if lk == "replication":
                 self._replication_param(value)
         unsupported_minor = []
-        for key, value in params.items():
-            lk = key.lower()
-            if lk in ("user", "database", "replication"):
+        for key, lk, value in lowered:
+            if lk == "user" or lk == "database" or lk == "replication":
                 continue
             if lk in CANONICAL:
                 self.vars[CANONICAL[lk]] = value
@@ -479,7 +498,7 @@ class Client(LinkedFlow, asyncio.Protocol):
                 if self.replication == "none":
                     self._startup_options(value, ignore)
                 # a replication client's options go verbatim to its own server (replication_options)
-            elif lk in (p.lower() for p in cfg.list_setting("track_extra_parameters")):
+            elif lk in tracked:
                 self.vars[varcache.canonical_name(key)] = value
             elif key.startswith("_pq_."):
                 unsupported_minor.append(key)
@@ -513,7 +532,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         """`-c name=value` items of the options startup parameter: tracked parameters are taken, ignored ones
         (ignore_startup_parameters; all unknown ones when it lists `options`) skipped, others refused."""
         log.debug(f"{self.prefix()}received options: {value}")
-        tracked = {p.lower() for p in registry.cfg.list_setting("track_extra_parameters")}
+        tracked = _login_settings(registry.cfg)[2]
         for key, val in parse_options(value):
             lk = key.lower()
             if lk in CANONICAL:
@@ -583,7 +602,7 @@ class Client(LinkedFlow, asyncio.Protocol):
 
     def log_login_attempt(self) -> None:
         if registry.cfg.log_connections:
-            repl = {"none": "no", "physical": "yes", "logical": "database"}[self.replication]
+            repl = _REPL_TEXT[self.replication]
             log.info(f"{self.prefix()}login attempt: db={self.dbname} user={self.username} "
                      f"tls={self.tls or 'no'} replication={repl}")
 
@@ -649,20 +668,33 @@ class Client(LinkedFlow, asyncio.Protocol):
         """Send the welcome (ParameterStatus, BackendKeyData, ReadyForQuery) and enter the work phase; a
         replication client whose server brought the welcome is linked to that `server` for good."""
         cfg = registry.cfg
-        params = dict(self.pool.welcome_params or {})
-        if cfg.application_name_add_host and "application_name" in self.vars:
-            self.vars["application_name"] += " - " + format_addr(self.addr, self.port, self.is_unix)
-        for name in pooling.tracked_params(cfg):
-            if name in self.vars:
-                params[name] = self.vars[name]
-            elif name in params:
-                self.vars[name] = params[name]
-        out = [build.parameter_status(k, v) for k, v in params.items()]
-        out.append(build.msg(b"K", self.cancel_key))
-        out.append(build.ready_for_query(b"I"))
-        if cfg.login_notify_message:
-            out.insert(0, build.notice_response(cfg.login_notify_message))
-        self.transport.write(b"".join(out))
+        cvars = self.vars
+        if cfg.application_name_add_host and "application_name" in cvars:
+            cvars["application_name"] += " - " + format_addr(self.addr, self.port, self.is_unix)
+        welcome = self.pool.welcome_params or {}
+        tracked = pooling.tracked_params(cfg)
+        own = tuple(cvars.get(name) for name in tracked)
+        key = (id(welcome), id(cfg), own)
+        hit = _welcome_cache.get(key)
+        if hit is None or hit[0] is not welcome or hit[1] is not cfg:
+            # the server's ParameterStatus with the client's own values of tracked parameters; the client takes
+            # the server's value of every tracked parameter it did not set
+            params = dict(welcome)
+            taken = {}
+            for name, value in zip(tracked, own, strict=True):
+                if value is not None:
+                    params[name] = value
+                elif name in params:
+                    taken[name] = params[name]
+            head = b"".join([build.parameter_status(k, v) for k, v in params.items()])
+            if cfg.login_notify_message:
+                head = build.notice_response(cfg.login_notify_message) + head
+            if len(_welcome_cache) >= 1024:
+                _welcome_cache.clear()
+            hit = _welcome_cache[key] = (welcome, cfg, head, taken)
+        if hit[3]:
+            cvars.update(hit[3])
+        self.transport.write(hit[2] + build.msg(b"K", self.cancel_key) + _RFQ_IDLE)
         self.phase = PH_WORK
         set_client_state(self, CL_ACTIVE)
         if metrics.recorder is not None:
