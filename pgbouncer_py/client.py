@@ -2,13 +2,14 @@
 
 import asyncio
 import os
+import socket
 import struct
 import time
 
 from pgbouncer_py import metrics, pooling, prepare, varcache
 from pgbouncer_py.auth import login
 from pgbouncer_py.log import log
-from pgbouncer_py.net import tls
+from pgbouncer_py.net import listen, tls
 from pgbouncer_py.net.flow import LinkedFlow
 from pgbouncer_py.netutil import addr_of, format_addr, local_addr_of, peer_cred, tune_tcp
 from pgbouncer_py.objects import (
@@ -173,16 +174,29 @@ class Client(LinkedFlow, asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         cfg = registry.cfg
-        sock = transport.get_extra_info("socket")
-        self.addr, self.port, self.is_unix = addr_of(transport, sock)
-        if self.is_unix:
-            cred = peer_cred(transport, sock)
-            if cred:
-                self.peer_pid, self.peer_uid = cred[0], cred[1]
-            if self.listener is not None:
-                self.port = self.listener.port
+        lst = self.listener
+        if lst is not None and lst.tuned_for is cfg:
+            # TCP, accepted with the options of this config already (inherited from the listening socket)
+            peer = transport.get_extra_info("peername")
+            if isinstance(peer, tuple) and len(peer) >= 2:
+                self.addr, self.port = peer[0], peer[1]
+            else:       # reset before we asked
+                self.addr = "::" if lst.sock.family == socket.AF_INET6 else "0.0.0.0"
         else:
-            tune_tcp(transport, cfg, sock)
+            sock = transport.get_extra_info("socket")
+            self.addr, self.port, self.is_unix = addr_of(transport, sock)
+            if self.is_unix:
+                cred = peer_cred(transport, sock)
+                if cred:
+                    self.peer_pid, self.peer_uid = cred[0], cred[1]
+                if lst is not None:
+                    self.port = lst.port
+            elif lst is not None and not lst.unix and sock is not None:
+                listen.retune(lst, cfg, sock)       # the next ones inherit the options from the listener
+                if cfg.tcp_socket_buffer:
+                    tune_tcp(transport, cfg, sock)
+            else:
+                tune_tcp(transport, cfg, sock)
         registry.total_clients += 1
         set_client_state(self, CL_LOGIN)
         if registry.suspended:
