@@ -4,6 +4,7 @@ import asyncio
 import os
 import socket
 import struct
+import sys
 import time
 
 from pgbouncer_py import metrics, pooling, prepare, varcache
@@ -88,13 +89,24 @@ class Client(LinkedFlow, asyncio.Protocol):
     """One client connection."""
 
     # slots keep an idle client small (bytes per idle client, issue 11); anything else lands in __dict__
-    __slots__ = ("_max_packet", "_tls_pending", "addr", "admin", "admin_level", "auth", "cancel_key",
-                 "closing_reason", "connect_time", "console", "counted_db", "counted_user", "created", "db",
+    __slots__ = ("_max_packet", "addr", "admin", "auth", "cancel_key",
+                 "connect_time", "counted_db", "counted_user", "created", "db",
                  "dbname", "id", "idle_since", "is_unix", "link", "listener", "_laddr", "login_user", "no_pqexec",
-                 "paused_peer", "paused_reading", "peer_cert", "peer_pid", "peer_uid", "pending", "phase",
+                 "paused_peer", "paused_reading", "pending", "phase",
                  "pool", "pool_mode", "port", "prepared", "ps", "reader", "replication", "request_time",
-                 "skip", "startup_buf", "startup_params", "state", "tail", "tail_need", "tls", "transport", "user",
+                 "skip", "startup_buf", "_startup", "state", "tail", "tail_need", "transport", "user",
                  "username", "vars", "wait_notified", "wait_start", "__dict__", "__weakref__")
+
+    # rarely set, never read on the work path: class-level defaults instead of slots (8 bytes less per client);
+    # setting one gives that client an instance value
+    _tls_pending = False      # SSLRequest answered 'S' (or direct TLS seen): handshake not finished
+    tls = ""
+    peer_cert = None          # verified client certificate (SSLObject.getpeercert() dict), for auth cert
+    peer_pid = None
+    peer_uid = None
+    admin_level = 0           # 1 = stats_users, 2 = admin_users
+    console = None
+    closing_reason = None
 
     def __init__(self, listener=None):
         self.listener = listener
@@ -109,7 +121,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.link = None
         self.pool_mode = "session"
         self.vars = varcache.Values()
-        self.startup_params: dict[str, str] = {}
+        self._startup = None      # the startup packet (bytes) once accepted; see startup_params
         self.startup_buf = bytearray()
         self.reader = None
         self.pending = bytearray()
@@ -119,27 +131,18 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.addr = ""
         self.port = 0
         self.is_unix = False
-        self.peer_pid = None
-        self.peer_uid = None
         self._laddr = None        # local (address, port): read from the socket when SHOW CLIENTS asks
         self.created = time.monotonic()
-        self.connect_time = time.time()
-        self.request_time = time.time()
+        self.connect_time = self.request_time = time.time()
         self.wait_start = 0.0
         self.cancel_key = b""
-        self.tls = ""
-        self.peer_cert = None     # verified client certificate (SSLObject.getpeercert() dict), for auth cert
-        self._tls_pending = False  # SSLRequest answered 'S' (or direct TLS seen): handshake not finished
         self.auth = None          # auth.login.Authenticator while authenticating
         self.admin = False        # connected to the admin console
-        self.admin_level = 0      # 1 = stats_users, 2 = admin_users
-        self.console = None
         self.paused_peer = False
         self.paused_reading = False
         self.replication = "none"
         self.prepared = {}            # prepared statement name -> prepare.Statement (issue 7)
         self.ps = 0                   # prepare.PS_OFF / PS_ON / PS_ACTIVE (tracking this link period)
-        self.closing_reason = None
         self.counted_db = None
         self.counted_user = None
         self.login_user = None            # the user name once auth has looked it up (log prefix)
@@ -157,6 +160,21 @@ class Client(LinkedFlow, asyncio.Protocol):
         dbname = db.name if db is not None and not db.fake else "(nodb)"
         user = self.login_user or (self.username if self.user is not None else "(nouser)")
         return f"C-0x{id(self):x}: {dbname}/{user}@{format_addr(self.addr, self.port, self.is_unix, self.peer_pid)} "
+
+    @property
+    def startup_params(self) -> dict[str, str]:
+        """The startup packet's parameters (kept as the packet itself: a dict and its strings per idle client
+        cost more than the bytes)."""
+        v = self._startup
+        if v is None:
+            return {}
+        if v.__class__ is bytes:
+            return parse_startup_packet(v)[1]
+        return v
+
+    @startup_params.setter
+    def startup_params(self, value: dict[str, str]) -> None:
+        self._startup = value
 
     @property
     def local_addr(self) -> tuple[str, int]:
@@ -179,7 +197,7 @@ class Client(LinkedFlow, asyncio.Protocol):
             # TCP, accepted with the options of this config already (inherited from the listening socket)
             peer = transport.get_extra_info("peername")
             if isinstance(peer, tuple) and len(peer) >= 2:
-                self.addr, self.port = peer[0], peer[1]
+                self.addr, self.port = sys.intern(peer[0]), peer[1]      # one string per client host
             else:       # reset before we asked
                 self.addr = "::" if lst.sock.family == socket.AF_INET6 else "0.0.0.0"
         else:
@@ -420,7 +438,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         if not self.tls and not self.is_unix and tls.client_tls_required():
             self.close("SSL required", send_error=True)
             return
-        self._startup_params(payload, code)
+        self._startup_params(payload, code, pkt)
 
     # --- TLS towards the client ---
     def _direct_tls(self, hello: bytes) -> None:
@@ -488,7 +506,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         if self.startup_buf:            # what came through TLS while we were finishing up
             self._startup_data(b"")
 
-    def _startup_params(self, params: dict[str, str], version: int) -> None:
+    def _startup_params(self, params: dict[str, str], version: int, pkt: bytes | None = None) -> None:
         cfg = registry.cfg
         _, ignore, tracked = _login_settings(cfg)
         user = params.get("user", "")
@@ -521,7 +539,7 @@ class Client(LinkedFlow, asyncio.Protocol):
                 continue
             else:
                 raise ProtocolError(f"unsupported startup parameter: {key}")
-        self.startup_params = params
+        self._startup = pkt if pkt is not None else params
         if (version & 0xFFFF) > 0 or unsupported_minor:
             self.transport.write(build.negotiate_protocol_version(0, unsupported_minor))
         self._find_database()
@@ -595,6 +613,7 @@ class Client(LinkedFlow, asyncio.Protocol):
             self.counted_db = db
         self.db = db
         self.phase = PH_AUTH
+        self.startup_buf = b""        # (_startup_data holds the buffer it works on)
         self.reader = MessageReader(max_size=min(cfg.max_packet_size, C.MAX_PASSWORD + 1024), skip_oversize=True)
         self.auth = login.Authenticator(self)
         self.auth.start()
