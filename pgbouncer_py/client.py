@@ -32,6 +32,7 @@ from pgbouncer_py.proto.scan import client_scan as _client_scan
 
 _unpack_len = struct.Struct("!I").unpack_from
 _RFQ_IDLE = build.ready_for_query(b"I")
+_AUTH_OK = build.auth_request(C.AUTH_OK)
 _LINK_FIRST = CLIENT_TYPES - {88}    # data that may take an idle server at once (not Terminate, not an unknown type)
 
 PH_STARTUP, PH_AUTH, PH_WAIT_LOGIN, PH_WORK, PH_CLOSED = range(5)
@@ -394,6 +395,10 @@ class Client(LinkedFlow, asyncio.Protocol):
     # --- startup ---
     def _startup_data(self, data: bytes) -> None:
         buf = self.startup_buf
+        if not buf and len(data) >= 8 and len(data) == _unpack_len(data, 0)[0] and len(data) <= C.MAX_STARTUP_PACKET:
+            # the usual case: one whole packet in one read (SSLRequest, then the startup packet)
+            self._startup_packet(bytes(data))
+            return
         buf += data
         while self.phase == PH_STARTUP:
             if len(buf) < 4:
@@ -663,7 +668,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         cfg = registry.cfg
         self.auth = None
         self.user = user
-        self.transport.write(build.auth_request(C.AUTH_OK))
+        self.transport.write(_AUTH_OK)
         self.db.stats.client_login_count += 1
         if self.admin:
             from pgbouncer_py.admin import console
