@@ -84,7 +84,7 @@ def _b64decode(text: str | bytes) -> bytes | None:
 
 
 def _hmac(key: bytes, msg: bytes) -> bytes:
-    return hmac.new(key, msg, hashlib.sha256).digest()
+    return hmac.digest(key, msg, "sha256")     # OpenSSL's one-shot HMAC, no Python HMAC object
 
 
 def _h(data: bytes) -> bytes:
