@@ -3,14 +3,16 @@ client sends to its linked server."""
 
 import asyncio
 import os
+import socket
 import struct
+import sys
 import time
 from functools import partial
 
 from pgbouncer_py import hooks, metrics, pooling, prepare, varcache
 from pgbouncer_py.auth import login
 from pgbouncer_py.log import log
-from pgbouncer_py.net import tls
+from pgbouncer_py.net import listen, tls
 from pgbouncer_py.net.sbuf import STOP, SWITCH, LinkedFlow, relay_up
 from pgbouncer_py.netutil import addr_of, format_addr, local_addr_of, peer_cred, tune_tcp
 from pgbouncer_py.objects import (
@@ -32,6 +34,8 @@ from pgbouncer_py.proto.scan import CLIENT_TYPES
 from pgbouncer_py.proto.scan import client_scan as _client_scan
 
 _unpack_len = struct.Struct("!I").unpack_from
+_RFQ_IDLE = build.ready_for_query(b"I")
+_AUTH_OK = build.auth_request(C.AUTH_OK)
 _LINK_FIRST = CLIENT_TYPES - {88}    # data that may take an idle server at once (not Terminate, not an unknown type)
 
 PH_STARTUP, PH_AUTH, PH_WAIT_LOGIN, PH_WORK, PH_CLOSED = range(5)
@@ -43,6 +47,24 @@ CANONICAL = {"client_encoding": "client_encoding", "datestyle": "DateStyle", "ti
 
 
 CANCELED = "canceling statement due to user request"
+
+_REPL_TEXT = {"none": "no", "physical": "yes", "logical": "database"}
+
+# what a login needs from the config, computed once per Config object (a Config is immutable: RELOAD and SET make
+# a new one): (cfg, ignore_startup_parameters lowered, track_extra_parameters lowered)
+_login_cfg: tuple = (None, frozenset(), frozenset())
+
+
+def _login_settings(cfg) -> tuple:
+    global _login_cfg
+    if _login_cfg[0] is not cfg:
+        _login_cfg = (cfg, frozenset(p.lower() for p in cfg.list_setting("ignore_startup_parameters")),
+                      frozenset(p.lower() for p in cfg.list_setting("track_extra_parameters")))
+    return _login_cfg
+
+
+# finish_login's welcome (ParameterStatus messages), built once per (server welcome, config, client values)
+_welcome_cache: dict = {}
 
 
 def first_request_end(buf) -> int:
@@ -71,13 +93,24 @@ class Client(LinkedFlow, asyncio.Protocol):
     """One client connection."""
 
     # slots keep an idle client small (bytes per idle client, issue 11); anything else lands in __dict__
-    __slots__ = ("_max_packet", "_tls_pending", "addr", "admin", "admin_level", "auth", "cancel_key",
-                 "closing_reason", "connect_time", "console", "counted_db", "counted_user", "created", "db",
+    __slots__ = ("_max_packet", "addr", "admin", "auth", "cancel_key",
+                 "connect_time", "counted_db", "counted_user", "created", "db",
                  "dbname", "id", "idle_since", "is_unix", "link", "listener", "_laddr", "login_user", "no_pqexec",
-                 "paused_peer", "paused_reading", "peer_cert", "peer_pid", "peer_uid", "pending", "phase",
+                 "paused_peer", "paused_reading", "pending", "phase",
                  "pool", "pool_mode", "port", "prepared", "ps", "reader", "replication", "request_time",
-                 "skip", "startup_buf", "startup_params", "state", "tail", "tail_need", "tls", "transport", "user",
+                 "skip", "startup_buf", "_startup", "state", "tail", "tail_need", "transport", "user",
                  "username", "vars", "wait_notified", "wait_start", "__dict__", "__weakref__")
+
+    # rarely set, never read on the work path: class-level defaults instead of slots (8 bytes less per client);
+    # setting one gives that client an instance value
+    _tls_pending = False      # SSLRequest answered 'S' (or direct TLS seen): handshake not finished
+    tls = ""
+    peer_cert = None          # verified client certificate (SSLObject.getpeercert() dict), for auth cert
+    peer_pid = None
+    peer_uid = None
+    admin_level = 0           # 1 = stats_users, 2 = admin_users
+    console = None
+    closing_reason = None
 
     def __init__(self, listener=None):
         self.listener = listener
@@ -92,7 +125,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.link = None
         self.pool_mode = "session"
         self.vars = varcache.Values()
-        self.startup_params: dict[str, str] = {}
+        self._startup = None      # the startup packet (bytes) once accepted; see startup_params
         self.startup_buf = bytearray()
         self.reader = None
         self.pending = bytearray()
@@ -102,27 +135,18 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.addr = ""
         self.port = 0
         self.is_unix = False
-        self.peer_pid = None
-        self.peer_uid = None
         self._laddr = None        # local (address, port): read from the socket when SHOW CLIENTS asks
         self.created = time.monotonic()
-        self.connect_time = time.time()
-        self.request_time = time.time()
+        self.connect_time = self.request_time = time.time()
         self.wait_start = 0.0
         self.cancel_key = b""
-        self.tls = ""
-        self.peer_cert = None     # verified client certificate (SSLObject.getpeercert() dict), for auth cert
-        self._tls_pending = False  # SSLRequest answered 'S' (or direct TLS seen): handshake not finished
         self.auth = None          # auth.login.Authenticator while authenticating
         self.admin = False        # connected to the admin console
-        self.admin_level = 0      # 1 = stats_users, 2 = admin_users
-        self.console = None
         self.paused_peer = False
         self.paused_reading = False
         self.replication = "none"
         self.prepared = {}            # prepared statement name -> prepare.Statement (issue 7)
         self.ps = 0                   # prepare.PS_OFF / PS_ON / PS_ACTIVE (tracking this link period)
-        self.closing_reason = None
         self.counted_db = None
         self.counted_user = None
         self.login_user = None            # the user name once auth has looked it up (log prefix)
@@ -142,6 +166,21 @@ class Client(LinkedFlow, asyncio.Protocol):
         return f"C-0x{id(self):x}: {dbname}/{user}@{format_addr(self.addr, self.port, self.is_unix, self.peer_pid)} "
 
     @property
+    def startup_params(self) -> dict[str, str]:
+        """The startup packet's parameters (kept as the packet itself: a dict and its strings per idle client
+        cost more than the bytes)."""
+        v = self._startup
+        if v is None:
+            return {}
+        if v.__class__ is bytes:
+            return parse_startup_packet(v)[1]
+        return v
+
+    @startup_params.setter
+    def startup_params(self, value: dict[str, str]) -> None:
+        self._startup = value
+
+    @property
     def local_addr(self) -> tuple[str, int]:
         if self._laddr is None:
             if self.transport is None:
@@ -157,16 +196,29 @@ class Client(LinkedFlow, asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         cfg = registry.cfg
-        sock = transport.get_extra_info("socket")
-        self.addr, self.port, self.is_unix = addr_of(transport, sock)
-        if self.is_unix:
-            cred = peer_cred(transport, sock)
-            if cred:
-                self.peer_pid, self.peer_uid = cred[0], cred[1]
-            if self.listener is not None:
-                self.port = self.listener.port
+        lst = self.listener
+        if lst is not None and lst.tuned_for is cfg:
+            # TCP, accepted with the options of this config already (inherited from the listening socket)
+            peer = transport.get_extra_info("peername")
+            if isinstance(peer, tuple) and len(peer) >= 2:
+                self.addr, self.port = sys.intern(peer[0]), peer[1]      # one string per client host
+            else:       # reset before we asked
+                self.addr = "::" if lst.sock.family == socket.AF_INET6 else "0.0.0.0"
         else:
-            tune_tcp(transport, cfg, sock)
+            sock = transport.get_extra_info("socket")
+            self.addr, self.port, self.is_unix = addr_of(transport, sock)
+            if self.is_unix:
+                cred = peer_cred(transport, sock)
+                if cred:
+                    self.peer_pid, self.peer_uid = cred[0], cred[1]
+                if lst is not None:
+                    self.port = lst.port
+            elif lst is not None and not lst.unix and sock is not None:
+                listen.retune(lst, cfg, sock)       # the next ones inherit the options from the listener
+                if cfg.tcp_socket_buffer:
+                    tune_tcp(transport, cfg, sock)
+            else:
+                tune_tcp(transport, cfg, sock)
         set_client_state(self, CL_LOGIN)
         if registry.suspended:
             hooks.hold_transport(transport)     # SUSPEND: not read until RESUME
@@ -302,6 +354,10 @@ class Client(LinkedFlow, asyncio.Protocol):
     # --- startup ---
     def _startup_data(self, data: bytes) -> None:
         buf = self.startup_buf
+        if not buf and len(data) >= 8 and len(data) == _unpack_len(data, 0)[0] and len(data) <= C.MAX_STARTUP_PACKET:
+            # the usual case: one whole packet in one read (SSLRequest, then the startup packet)
+            self._startup_packet(bytes(data))
+            return
         buf += data
         while self.phase == PH_STARTUP:
             if len(buf) < 4:
@@ -346,7 +402,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         if not self.tls and not self.is_unix and tls.client_tls_required():
             self.close("SSL required", send_error=True)
             return
-        self._startup_params(payload, code)
+        self._startup_params(payload, code, pkt)
 
     # --- TLS towards the client ---
     def _direct_tls(self, hello: bytes) -> None:
@@ -414,9 +470,9 @@ class Client(LinkedFlow, asyncio.Protocol):
         if self.startup_buf:            # what came through TLS while we were finishing up
             self._startup_data(b"")
 
-    def _startup_params(self, params: dict[str, str], version: int) -> None:
+    def _startup_params(self, params: dict[str, str], version: int, pkt: bytes | None = None) -> None:
         cfg = registry.cfg
-        ignore = set(p.lower() for p in cfg.list_setting("ignore_startup_parameters"))
+        _, ignore, tracked = _login_settings(cfg)
         user = params.get("user", "")
         if not user:
             raise ProtocolError("no username supplied")
@@ -424,13 +480,13 @@ class Client(LinkedFlow, asyncio.Protocol):
             raise ProtocolError("username too long")
         self.username = user
         self.dbname = params.get("database") or user
-        for key, value in params.items():
-            if key.lower() == "replication":
+        lowered = [(key, key.lower(), value) for key, value in params.items()]
+        for _key, lk, value in lowered:
+            if lk == "replication":
                 self._replication_param(value)
         unsupported_minor = []
-        for key, value in params.items():
-            lk = key.lower()
-            if lk in ("user", "database", "replication"):
+        for key, lk, value in lowered:
+            if lk == "user" or lk == "database" or lk == "replication":
                 continue
             if lk in CANONICAL:
                 self.vars[CANONICAL[lk]] = value
@@ -438,7 +494,7 @@ class Client(LinkedFlow, asyncio.Protocol):
                 if self.replication == "none":
                     self._startup_options(value, ignore)
                 # a replication client's options go verbatim to its own server (replication_options)
-            elif lk in (p.lower() for p in cfg.list_setting("track_extra_parameters")):
+            elif lk in tracked:
                 self.vars[varcache.canonical_name(key)] = value
             elif key.startswith("_pq_."):
                 unsupported_minor.append(key)
@@ -447,7 +503,7 @@ class Client(LinkedFlow, asyncio.Protocol):
                 continue
             else:
                 raise ProtocolError(f"unsupported startup parameter: {key}")
-        self.startup_params = params
+        self._startup = pkt if pkt is not None else params
         if (version & 0xFFFF) > 0 or unsupported_minor:
             self.transport.write(build.negotiate_protocol_version(0, unsupported_minor))
         self._find_database()
@@ -472,7 +528,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         """`-c name=value` items of the options startup parameter: tracked parameters are taken, ignored ones
         (ignore_startup_parameters; all unknown ones when it lists `options`) skipped, others refused."""
         log.debug(f"{self.prefix()}received options: {value}")
-        tracked = {p.lower() for p in registry.cfg.list_setting("track_extra_parameters")}
+        tracked = _login_settings(registry.cfg)[2]
         for key, val in parse_options(value):
             lk = key.lower()
             if lk in CANONICAL:
@@ -521,6 +577,7 @@ class Client(LinkedFlow, asyncio.Protocol):
             self.counted_db = db
         self.db = db
         self.phase = PH_AUTH
+        self.startup_buf = b""        # (_startup_data holds the buffer it works on)
         self.reader = MessageReader(max_size=min(cfg.max_packet_size, C.MAX_PASSWORD + 1024), skip_oversize=True)
         self.auth = login.Authenticator(self)
         self.auth.start()
@@ -542,7 +599,7 @@ class Client(LinkedFlow, asyncio.Protocol):
 
     def log_login_attempt(self) -> None:
         if registry.cfg.log_connections:
-            repl = {"none": "no", "physical": "yes", "logical": "database"}[self.replication]
+            repl = _REPL_TEXT[self.replication]
             log.info(f"{self.prefix()}login attempt: db={self.dbname} user={self.username} "
                      f"tls={self.tls or 'no'} replication={repl}")
 
@@ -570,7 +627,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         cfg = registry.cfg
         self.auth = None
         self.user = user
-        self.transport.write(build.auth_request(C.AUTH_OK))
+        self.transport.write(_AUTH_OK)
         self.db.stats.client_login_count += 1
         if self.admin:
             self.pool = registry.get_pool(registry.admin_db, registry.admin_user)
@@ -607,20 +664,33 @@ class Client(LinkedFlow, asyncio.Protocol):
         """Send the welcome (ParameterStatus, BackendKeyData, ReadyForQuery) and enter the work phase; a
         replication client whose server brought the welcome is linked to that `server` for good."""
         cfg = registry.cfg
-        params = dict(self.pool.welcome_params or {})
-        if cfg.application_name_add_host and "application_name" in self.vars:
-            self.vars["application_name"] += " - " + format_addr(self.addr, self.port, self.is_unix)
-        for name in pooling.tracked_params(cfg):
-            if name in self.vars:
-                params[name] = self.vars[name]
-            elif name in params:
-                self.vars[name] = params[name]
-        out = [build.parameter_status(k, v) for k, v in params.items()]
-        out.append(build.msg(b"K", self.cancel_key))
-        out.append(build.ready_for_query(b"I"))
-        if cfg.login_notify_message:
-            out.insert(0, build.notice_response(cfg.login_notify_message))
-        self.transport.write(b"".join(out))
+        cvars = self.vars
+        if cfg.application_name_add_host and "application_name" in cvars:
+            cvars["application_name"] += " - " + format_addr(self.addr, self.port, self.is_unix)
+        welcome = self.pool.welcome_params or {}
+        tracked = pooling.tracked_params(cfg)
+        own = tuple(cvars.get(name) for name in tracked)
+        key = (id(welcome), id(cfg), own)
+        hit = _welcome_cache.get(key)
+        if hit is None or hit[0] is not welcome or hit[1] is not cfg:
+            # the server's ParameterStatus with the client's own values of tracked parameters; the client takes
+            # the server's value of every tracked parameter it did not set
+            params = dict(welcome)
+            taken = {}
+            for name, value in zip(tracked, own, strict=True):
+                if value is not None:
+                    params[name] = value
+                elif name in params:
+                    taken[name] = params[name]
+            head = b"".join([build.parameter_status(k, v) for k, v in params.items()])
+            if cfg.login_notify_message:
+                head = build.notice_response(cfg.login_notify_message) + head
+            if len(_welcome_cache) >= 1024:
+                _welcome_cache.clear()
+            hit = _welcome_cache[key] = (welcome, cfg, head, taken)
+        if hit[3]:
+            cvars.update(hit[3])
+        self.transport.write(hit[2] + build.msg(b"K", self.cancel_key) + _RFQ_IDLE)
         self.phase = PH_WORK
         set_client_state(self, CL_ACTIVE)
         if metrics.recorder is not None:

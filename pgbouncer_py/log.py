@@ -24,6 +24,13 @@ def format_time(t: float, with_ms: bool = True) -> str:
     return f"{c[1]} {c[2]}"
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    n = os.write(fd, data)
+    while n < len(data):            # a pipe takes a long line in pieces
+        data = data[n:]
+        n = os.write(fd, data)
+
+
 class Logger:
     """One logger per process; configured from the config and the -q/-v flags."""
 
@@ -69,7 +76,7 @@ class Logger:
     def close_logfile(self) -> None:
         if self.logfile is not None:
             try:
-                self.logfile.close()
+                os.close(self.logfile)
             except OSError:
                 pass
             self.logfile = None
@@ -82,22 +89,33 @@ class Logger:
             return
         if "\n" in message:
             message = message.replace("\n", "\n\t")
+        # one formatting, one encoding; each destination gets the bytes in one write(2) (no text layer)
         line = f"{format_time(time.time())} [{self.pid}] {level} {message}\n"
+        data = None
         if not self.quiet:
-            try:
-                sys.stderr.write(line)
-                sys.stderr.flush()
-            except (OSError, ValueError):
-                pass
+            err = sys.stderr
+            if err is sys.__stderr__ and err is not None:
+                data = line.encode("utf-8", "replace")
+                try:
+                    _write_all(2, data)
+                except (OSError, ValueError):
+                    pass
+            else:                   # replaced (a test's capture): through its text layer
+                try:
+                    err.write(line)
+                    err.flush()
+                except (OSError, ValueError, AttributeError):
+                    pass
         if self.logfile_path:
             if self.logfile is None:
                 try:
-                    self.logfile = open(self.logfile_path, "a", buffering=1, encoding="utf-8")
+                    self.logfile = os.open(self.logfile_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                                           0o666)
                 except OSError as e:
                     self.logfile_path_error = str(e)
             if self.logfile is not None:
                 try:
-                    self.logfile.write(line)
+                    _write_all(self.logfile, data if data is not None else line.encode("utf-8", "replace"))
                 except OSError:
                     pass
         if self.syslog_on and self._syslog is not None:

@@ -95,7 +95,9 @@ class Pooler:
                 log.fatal(str(e))
                 return 1
         for lst in self.listeners:
-            lst.server = await loop.create_server(lambda lst=lst: Client(lst), sock=lst.sock)
+            # asyncio and uvloop listen() again on a served socket, with backlog=100 unless told: keep listen_backlog
+            lst.server = await loop.create_server(lambda lst=lst: Client(lst), sock=lst.sock,
+                                                  backlog=self.cfg.listen_backlog)
             log.info(f"listening on {lst.desc}")
         if self.takeover is not None:
             await takeover.adopt(self.takeover, self.listeners)

@@ -63,6 +63,40 @@ def tune_tcp(transport, cfg, sock=None) -> None:
         pass
 
 
+# the per-connection TCP options an accepted socket inherits from its listening socket (Linux clones them), in the
+# order of tcp_tuning()'s key after its first item (SO_KEEPALIVE)
+_INHERITED = ((socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+              (socket.IPPROTO_TCP, socket.TCP_KEEPCNT), (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+
+
+def tcp_tuning(cfg) -> tuple:
+    """What tune_tcp gives an accepted socket, but tcp_socket_buffer: (keepalive on, keepidle, keepintvl, keepcnt,
+    user_timeout), 0 for "not set"."""
+    on = bool(cfg.tcp_keepalive)
+    return (on, int(cfg.tcp_keepidle) if on else 0, int(cfg.tcp_keepintvl) if on else 0,
+            int(cfg.tcp_keepcnt) if on else 0, int(cfg.tcp_user_timeout))
+
+
+def apply_tuning(sock, key: tuple, touched: set, defaults: tuple) -> None:
+    """Put `key` (tcp_tuning) on a socket explicitly: SO_KEEPALIVE on or off, every other option set when it is
+    not 0 and back to `defaults` (a fresh socket's values) when it is 0 but was set before (`touched`, updated)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1 if key[0] else 0)
+    for i, (level, opt) in enumerate(_INHERITED):
+        value = key[i + 1]
+        if value:
+            sock.setsockopt(level, opt, value)
+            touched.add(i)
+        elif i in touched:
+            sock.setsockopt(level, opt, defaults[i])
+            touched.discard(i)
+
+
+def fresh_tcp_defaults(family) -> tuple:
+    """The kernel's values of the _INHERITED options on a new socket of `family`."""
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        return tuple(s.getsockopt(level, opt) for level, opt in _INHERITED)
+
+
 def format_addr(addr: str, port: int, is_unix: bool, pid: int | None = None) -> str:
     if is_unix:
         return f"unix({pid}):{port}" if pid else f"unix:{port}"

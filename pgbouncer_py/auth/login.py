@@ -117,20 +117,22 @@ def _remember_scram_keys(user: User, password: str) -> None:
 class Authenticator:
     """Runs one client's login exchange; calls client.auth_ok(user) or client.close(error)."""
 
+    # defaults at class level: a login sets only what its method needs
+    method = None               # exchange in progress: plain, md5, scram, pam, pam-wait
+    kind = None                 # auth method chosen: trust, plain, md5, scram-sha-256, cert, peer, pam
+    rule = None                 # the matching auth_hba_file rule
+    user: User | None = None
+    mock = False
+    salt = b""
+    scram_server = None
+    scram_stage = 0
+    lookup = None
+    ldap_check = None           # the LDAP check in a worker thread (a future)
+    fail_text = FAIL_PASSWORD
+    fail_log = "password authentication failed"     # ERROR line of a failed SCRAM exchange
+
     def __init__(self, client):
         self.client = client
-        self.method = None          # exchange in progress: plain, md5, scram, pam, pam-wait
-        self.kind = None            # auth method chosen: trust, plain, md5, scram-sha-256, cert, peer, pam
-        self.rule = None            # the matching auth_hba_file rule
-        self.user: User | None = None
-        self.mock = False
-        self.salt = b""
-        self.scram_server = None
-        self.scram_stage = 0
-        self.lookup = None
-        self.ldap_check = None      # the LDAP check in a worker thread (a future)
-        self.fail_text = FAIL_PASSWORD
-        self.fail_log = "password authentication failed"    # ERROR line of a failed SCRAM exchange
 
     def cancel(self) -> None:
         self.client = None
@@ -288,11 +290,15 @@ class Authenticator:
         if secret is None or self.mock:
             # mock authentication: a secret nobody knows, with a salt that stays the same for a user name,
             # so unknown users look exactly like wrong passwords
-            salt = hmac.new(_MOCK_KEY, self.client.username.encode(), hashlib.sha256).digest()[:16]
-            secret = scram.make_scram_secret(_MOCK_KEY.hex(), cfg.scram_iterations, salt=salt)
-        parsed = scram.parse_scram_secret(secret)
-        self.scram_server = scram.ScramServer(parsed if parsed is not None else secret,
-                                              iterations=cfg.scram_iterations)
+            # (random keys, not PBKDF2 of a password: no proof can match them, and a storm of unknown user
+            # names costs no more CPU than one of known ones)
+            salt = hmac.digest(_MOCK_KEY, self.client.username.encode(), "sha256")[:16]
+            self.scram_server = scram.ScramServer(scram.ScramSecret(cfg.scram_iterations, salt, os.urandom(32),
+                                                                    os.urandom(32)))
+        else:
+            parsed = scram.parse_scram_secret(secret)
+            self.scram_server = scram.ScramServer(parsed if parsed is not None else secret,
+                                                  iterations=cfg.scram_iterations)
         self.client.transport.write(build.auth_request(C.AUTH_SASL, b"SCRAM-SHA-256\0\0"))
 
     # --- messages from the client ---

@@ -5,6 +5,7 @@ Sans-I/O; secrets are 'md5' + hex(md5(password + user)), responses add the 4-byt
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 
@@ -31,11 +32,15 @@ def md5_response(secret_or_password: str, user: str, salt: bytes) -> str:
     """
     if not isinstance(salt, bytes | bytearray) or len(salt) != 4:
         raise ValueError("MD5 salt must be 4 bytes")
+    return "md5" + hashlib.md5(_first_step(secret_or_password, user) + bytes(salt)).hexdigest()
+
+
+@functools.lru_cache(maxsize=1024)
+def _first_step(secret_or_password: str, user: str) -> bytes:
+    """The hex digest of md5(password + user) as bytes: the same for every login of a user (remembered)."""
     if is_md5_secret(secret_or_password):
-        secret = secret_or_password
-    else:
-        secret = md5_secret(secret_or_password, user)
-    return "md5" + hashlib.md5(secret[3:].encode("ascii") + bytes(salt)).hexdigest()
+        return secret_or_password[3:].encode("ascii")
+    return md5_secret(secret_or_password, user)[3:].encode("ascii")
 
 
 def md5_verify(stored: str, user: str, salt: bytes, response: str) -> bool:

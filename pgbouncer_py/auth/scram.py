@@ -97,7 +97,7 @@ def _b64decode(text: str | bytes) -> bytes | None:
 
 
 def _hmac(key: bytes, msg: bytes) -> bytes:
-    return hmac.new(key, msg, hashlib.sha256).digest()
+    return hmac.digest(key, msg, "sha256")     # OpenSSL's one-shot HMAC, no Python HMAC object
 
 
 def _h(data: bytes) -> bytes:
@@ -105,7 +105,10 @@ def _h(data: bytes) -> bytes:
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
-    return bytes(x ^ y for x, y in zip(a, b, strict=True))
+    n = len(a)
+    if len(b) != n:
+        raise ValueError("_xor: lengths differ")
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(n, "big")
 
 
 def _parse_iterations(text: str | bytes) -> int | None:
@@ -270,7 +273,8 @@ class ScramServer:
                 self._password, self._salt, self._iterations = secret, salt, iterations
         else:
             raise TypeError("ScramServer secret must be a ScramSecret or a str")
-        self._server_nonce = _check_nonce_arg(nonce)
+        # a given nonce is checked now; a random one is drawn when the client's first message needs it
+        self._server_nonce = _check_nonce_arg(nonce) if nonce is not None else None
         self._state = "init"
         self._gs2_header = b""
         self._nonce = b""
@@ -323,6 +327,8 @@ class ScramServer:
             raise self._fail(str(e)) from None
         self._gs2_header = cbind + b",,"
         self._client_first_bare = b",".join(rest)
+        if self._server_nonce is None:
+            self._server_nonce = _new_nonce()
         self._nonce = client_nonce + self._server_nonce
         s = self.secret
         self._server_first = (

@@ -5,6 +5,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+from pgbouncer_py import netutil
 from pgbouncer_py.log import log
 
 
@@ -22,6 +23,10 @@ class Listener:
     server: object = None
     path_ino: int = 0          # inode of the socket file we bound (so we never unlink a successor's)
     handover: object = None    # dup of sock kept open for an online restart after accepting stopped
+    # TCP options tuned on the listening socket itself, so that accepted sockets inherit them (see retune)
+    tuned_for: object = None   # the Config whose settings every socket accepted from now on has: no per-connection work
+    tuned_key: tuple | None = None
+    touched: set | None = None  # indexes of netutil._INHERITED set on the socket (None: unknown, adopted socket)
 
 
 def _tcp_addrs(listen_addr: str, port: int) -> list[tuple]:
@@ -66,7 +71,7 @@ def tcp_listeners(cfg) -> list[Listener]:
             raise ListenError(f"bind(): {addr}: {e.strerror}") from None
         host = sockaddr[0]
         desc = f"[{host}]:{sockaddr[1]}" if family == socket.AF_INET6 else f"{host}:{sockaddr[1]}"
-        result.append(Listener(sock, desc, cfg.listen_port, False))
+        result.append(Listener(sock, desc, cfg.listen_port, False, touched=set()))
     return result
 
 
@@ -149,3 +154,32 @@ def adopt_socket(fd: int, cfg) -> Listener:
     host, port = sock.getsockname()[:2]
     desc = f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
     return Listener(sock, desc, port, False)
+
+
+_defaults: dict = {}
+
+
+def retune(lst: Listener, cfg, accepted=None) -> None:
+    """Give a TCP listening socket the per-connection options of `cfg` (tcp_keepalive, tcp_keepidle, ...), which the
+    sockets it accepts inherit (Linux), so that a connection needs no setsockopt of its own; `accepted`, a socket
+    accepted before this call, is given them too. With tcp_socket_buffer set the buffers stay per connection
+    (setting them on a socket locks their size: the listener keeps the kernel's autotuning)."""
+    if lst.unix:
+        return
+    family = lst.sock.family
+    defaults = _defaults.get(family)
+    if defaults is None:
+        defaults = _defaults[family] = netutil.fresh_tcp_defaults(family)
+    if lst.touched is None:         # adopted: whatever an earlier process set is put back to the kernel's values
+        lst.touched = set(range(len(defaults)))
+    key = netutil.tcp_tuning(cfg)
+    try:
+        if accepted is not None:
+            netutil.apply_tuning(accepted, key, set(lst.touched), defaults)
+        if key != lst.tuned_key:
+            netutil.apply_tuning(lst.sock, key, lst.touched, defaults)
+            lst.tuned_key = key
+    except OSError:
+        lst.tuned_for = lst.tuned_key = None
+        return
+    lst.tuned_for = None if cfg.tcp_socket_buffer else cfg

@@ -43,19 +43,29 @@ def parse_startup_packet(pkt: bytes) -> tuple[int, dict[str, str] | tuple[int, i
     if pkt[-1] != 0:
         raise ProtocolError("invalid startup packet layout: expected terminator as last byte")
     params: dict[str, str] = {}
-    pos = 8
-    end = len(pkt) - 1
-    while pos < end:
-        key, pos = _cstr(pkt, pos)
-        if pos > end:
+    # the C strings after the version word (the last one ends at the packet's final NUL): name, value, ...;
+    # an empty name, or a name that is the last string, is a layout error; an empty last string ends the list
+    strings = bytes(pkt[8:-1]).split(b"\0")
+    n = len(strings)
+    i = 0
+    while i < n:
+        key = strings[i]
+        if i == n - 1:
+            if key:
+                raise ProtocolError("invalid startup packet layout: expected terminator as last byte")
+            break
+        if not key:
             raise ProtocolError("invalid startup packet layout: expected terminator as last byte")
-        value, pos = _cstr(pkt, pos)
-        if pos > end + 1:
-            raise ProtocolError("invalid startup packet layout: expected terminator as last byte")
-        if key == "":
-            raise ProtocolError("invalid startup packet layout: expected terminator as last byte")
-        params[key] = value
+        params[_text(key)] = _text(strings[i + 1])
+        i += 2
     return code, params
+
+
+def _text(b: bytes) -> str:
+    try:
+        return b.decode()
+    except UnicodeDecodeError:
+        return b.decode("latin-1")
 
 
 OPTIONS_SYNTAX = "unsupported options startup parameter: only '-c config=val' and '--config=val' are allowed"
