@@ -413,6 +413,12 @@ def link_idle_fast(client):
     return server
 
 
+def restore_link(conn, peer) -> None:
+    """Online restart (takeover.py): one side of a pair as the old process had it, set before the states are
+    placed; a side whose peer does not point back is ended with unlink() afterwards."""
+    conn.link = peer
+
+
 def unlink(client, server) -> None:
     """End a link (a release, or one side closing)."""
     if client is not None:

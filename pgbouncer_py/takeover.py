@@ -24,8 +24,10 @@ from pgbouncer_py.objects import (
     DbUser,
     User,
     registry,
+    restore_link,
     set_client_state,
     set_server_state,
+    unlink,
 )
 from pgbouncer_py.proto import build
 
@@ -670,14 +672,14 @@ async def adopt(inh: Inherited, listeners) -> None:
     for s in servers:
         link = by_old_fd.get(s._takeover.get("link") or -1)
         if link is not None:
-            s.link = link
+            restore_link(s, link)
         set_server_state(s, s._takeover.get("state") if s.link is not None else SV_IDLE)
         if s.link is None and s._takeover.get("state") in (SV_ACTIVE,):
             set_server_state(s, SV_IDLE if s.ready else SV_USED)
     for c in clients:
         peer = by_old_fd.get(c._takeover.get("link") or -1)
         if peer is not None and peer.link is c:
-            c.link = peer
+            restore_link(c, peer)
         c.db.clients[c] = None
         c.user.account.clients[c] = None
         c.counted_db, c.counted_user = c.db, c.user.account
@@ -689,7 +691,7 @@ async def adopt(inh: Inherited, listeners) -> None:
         set_client_state(c, state)
     for s in servers:
         if s.link is not None and s.link.link is not s:
-            s.link = None
+            unlink(None, s)
             set_server_state(s, SV_IDLE if s.ready else SV_USED)
     # let the data flow again
     for s in servers:
