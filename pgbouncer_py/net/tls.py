@@ -1,10 +1,14 @@
 """TLS for both sides: SSLContexts built from client_tls_* / server_tls_* with libpq's sslmode semantics,
 kept in one snapshot (`state`) that a reload or SET replaces only when the new settings load cleanly."""
 
+import _ssl
 import ctypes
 import os
 import ssl
 import tempfile
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dh
 
 CLIENT_KEYS = ("client_tls_sslmode", "client_tls_key_file", "client_tls_cert_file", "client_tls_ca_file",
                "client_tls_protocols", "client_tls_ciphers", "client_tls13_ciphers", "client_tls_ecdhcurve",
@@ -93,7 +97,6 @@ def _ctx_ptr(ctx: ssl.SSLContext) -> int:
     """The SSL_CTX* behind an SSLContext (right after the object header), checked against its options."""
     global _libssl
     if _libssl is None:
-        import _ssl
         lib = ctypes.CDLL(_ssl.__file__)
         lib.SSL_CTX_get_options.restype = ctypes.c_uint64
         lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
@@ -179,8 +182,6 @@ def _set_dh(ctx: ssl.SSLContext, spec: str) -> None:
         return
     if spec != "legacy":
         raise TlsSettingError(f"invalid client_tls_dheparams: {spec} (none, auto or legacy)")
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import dh
     pem = dh.DHParameterNumbers(_OAKLEY2_P, 2).parameters().parameter_bytes(
         serialization.Encoding.PEM, serialization.ParameterFormat.PKCS3)
     fd, path = tempfile.mkstemp(prefix="pgbpy-dh")
