@@ -2,6 +2,7 @@
 
 import os
 import sys
+import syslog
 import time
 
 LEVELS = {"FATAL": 0, "ERROR": 1, "WARNING": 2, "LOG": 3, "DEBUG": 4, "NOISE": 5}
@@ -59,7 +60,6 @@ class Logger:
             self._open_syslog(cfg.syslog_ident, cfg.syslog_facility)
 
     def _open_syslog(self, ident: str, facility: str) -> None:
-        import syslog
         fac = {"auth": syslog.LOG_AUTH, "authpriv": getattr(syslog, "LOG_AUTHPRIV", syslog.LOG_AUTH),
                "daemon": syslog.LOG_DAEMON, "user": syslog.LOG_USER}
         for i in range(8):
