@@ -1,5 +1,8 @@
 """objects.py: state moves (legal ones move between the pool's lists, illegal ones close that connection),
-links, and counts that are list lengths."""
+links, counts that are list lengths, and no link or state set outside objects.py."""
+
+import ast
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +138,25 @@ def test_link_and_unlink(pool):
     assert (c.link, s.link, s.state) == (s, c, SV_ACTIVE) and where(pool, s) == ["active_servers"]
     objects.unlink(c, s)
     assert (c.link, s.link) == (None, None)
+
+
+def test_links_and_states_are_set_only_in_objects_py():
+    """objects.py owns every link and every state move: outside it, `.link` and `.state` are assigned only in a
+    constructor (to None). Parsed, not imported."""
+    root = Path(__file__).resolve().parents[2] / "pgbouncer_py"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "objects.py" and path.parent == root:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for func in ast.walk(tree):
+            if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)) or func.name == "__init__":
+                continue
+            for node in ast.walk(func):
+                targets = node.targets if isinstance(node, ast.Assign) else \
+                    [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+                for t in targets:
+                    for el in (t.elts if isinstance(t, ast.Tuple) else [t]):
+                        if isinstance(el, ast.Attribute) and el.attr in ("link", "state"):
+                            found.append(f"{path.relative_to(root.parent)}:{el.lineno} {func.name}: .{el.attr}")
+    assert not found, "links or states set outside objects.py:\n" + "\n".join(found)
