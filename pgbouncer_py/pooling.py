@@ -6,7 +6,6 @@ import time
 from pgbouncer_py import metrics, varcache
 from pgbouncer_py.log import log
 from pgbouncer_py.objects import (
-    CL_ACTIVE,
     CL_WAITING,
     CL_WAITING_LOGIN,
     STALE,
@@ -242,15 +241,12 @@ def link(client, server) -> None:
     now = time.monotonic()
     pool = client.pool
     stats = pool.db.stats
-    state = client.state
-    if state == CL_WAITING:
+    if client.state == CL_WAITING:
         stats.wait_time += int((now - client.wait_start) * 1e6)
         if metrics.recorder is not None:
             metrics.recorder.waited(pool.db, now - client.wait_start)
     stats.server_assignment_count += 1
-    if state != CL_ACTIVE:
-        set_client_state(client, CL_ACTIVE)
-    link_objects(client, server)
+    link_objects(client, server)        # (the client active too)
     server.request_time = now + registry.wall_offset
     pool.last_active = now
     # walsenders accept no SET; else the usual case: every value the client set is already what the server
