@@ -384,7 +384,7 @@ def link(client, server) -> None:
     """Give `server` to `client`: the client active (if it was not), the server active, each the other's link.
     HOT when clients wait for servers: the usual moves (waiting -> active; any server state but free ->
     active, all legal) are written out rather than made by set_client_state/set_server_state (two calls, about
-    2,400 instructions per transaction, bench/run.py --callgrind S-simple-c100)."""
+    2,700 instructions per transaction, bench/run.py --callgrind S-simple-c100)."""
     state = client.state
     pool = client.pool
     if state == CL_WAITING and pool is not None:
@@ -424,8 +424,8 @@ def link_idle_fast(client):
     if not varcache.covered(client.vars, server):
         return None
     pool.db.stats.server_assignment_count += 1
-    # set_server_state(server, SV_ACTIVE) written out: idle -> active is a legal move, and a call is ~550
-    # instructions per transaction (bench/run.py --callgrind)
+    # set_server_state(server, SV_ACTIVE) written out: idle -> active is a legal move, and the call cost ~1,200
+    # instructions per transaction (bench/run.py --callgrind S-simple-c10)
     del idle[server]
     server.state = SV_ACTIVE
     pool.active_servers[server] = None
@@ -538,7 +538,7 @@ def server_available(server, now: float = 0.0) -> None:
                 client.take_server(server)     # pooling.link: the client's parameters, then its data
                 return
     # set_server_state(server, SV_IDLE, now) written out: from any state but free (returned above) a legal
-    # move, and a call is ~550 instructions per transaction (bench/run.py --callgrind)
+    # move, and the call cost ~1,200 instructions per transaction (bench/run.py --callgrind S-simple-c10)
     pool.server_lists[state].pop(server, None)
     server.state = SV_IDLE
     pool.idle_servers[server] = None
