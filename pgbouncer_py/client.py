@@ -228,10 +228,10 @@ class Client(LinkedFlow, asyncio.Protocol):
             if self.phase == PH_WORK and not self.admin:
                 if not self.pending:
                     server = self.link
-                    if server is None and data[0] in _LINK_FIRST:
-                        server = link_idle_fast(self)
+                    if server is None and data[0] in _LINK_FIRST and self.pool.idle_servers:
+                        server = link_idle_fast(self)      # (not called when no server is idle: c100)
                     if server is not None and server.internal_done is None:
-                        # HOT: the relay (net/sbuf.py), as in _forward (the server's stats are its pool's)
+                        # HOT: the relay (net/sbuf.py), as in link_ready (the server's stats are its pool's)
                         server.stats.bytes_received += len(data)
                         if self.ps == 2:
                             prepare.client_data(self, data, server)
@@ -271,23 +271,12 @@ class Client(LinkedFlow, asyncio.Protocol):
         return False
 
     # --- work phase, the hot path ---
-    def _forward(self, data: bytes, server) -> None:
-        """HOT: relay client bytes to the linked server (net/sbuf.py) with _client_at as the handler, or with
-        prepared-statement tracking's (prepare.client_at) once that started."""
-        self.pool.db.stats.bytes_received += len(data)
-        if self.ps == 2:
-            prepare.client_data(self, data, server)
-        elif relay_up(self, data, server.transport, _client_scan, _client_at,
-                   self.ps | (self.no_pqexec << 1)) == SWITCH:
-            prepare.client_data(self, b"", server)     # _client_at started tracking: it relays the rest
-
-    def activate(self) -> None:
-        """Released with data already queued (objects.release): it needs a server again."""
-        pooling.activate_client(self)
-
-    def take_server(self, server) -> None:
-        """A server came free for this waiting client (objects.server_available)."""
-        pooling.link(self, server)
+    # Released with data already queued (objects.release): it needs a server again. (objects.py cannot import
+    # pooling; the functions themselves as methods, no frame in between: ~550 instructions per transaction when
+    # clients wait, bench/run.py --callgrind S-simple-c100)
+    activate = pooling.activate_client
+    # A server came free for this waiting client (objects.server_available): pooling.link(client, server)
+    take_server = pooling.link
 
     def close_requested(self) -> None:
         """Terminate."""
@@ -332,14 +321,22 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.close("unknown pkt", send_error=True)
 
     def link_ready(self) -> None:
-        """Called by the pool once the linked server is ready for this client's data."""
-        if self.pending:
-            data = bytes(self.pending)
-            self.pending.clear()
-            self._resume()
-            self._forward(data, self.link)
-        else:
-            self._resume()
+        """Called by the pool once the linked server is ready for this client's data: HOT when clients wait for a
+        server (_resume and _forward written out: two calls, ~900 instructions per transaction)."""
+        pending = self.pending
+        if self.paused_reading and self.transport is not None:
+            self.paused_reading = False
+            self.transport.resume_reading()
+        if pending:
+            data = bytes(pending)
+            pending.clear()
+            server = self.link
+            server.stats.bytes_received += len(data)
+            if self.ps == 2:
+                prepare.client_data(self, data, server)
+            elif relay_up(self, data, server.transport, _client_scan, _client_at,
+                          self.ps | (self.no_pqexec << 1)) == SWITCH:
+                prepare.client_data(self, b"", server)     # _client_at started tracking: it relays the rest
 
     def _pause(self) -> None:
         if not self.paused_reading and self.transport is not None:

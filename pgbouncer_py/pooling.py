@@ -6,7 +6,6 @@ import time
 from pgbouncer_py import metrics, varcache
 from pgbouncer_py.log import log
 from pgbouncer_py.objects import (
-    CL_ACTIVE,
     CL_WAITING,
     CL_WAITING_LOGIN,
     STALE,
@@ -162,8 +161,9 @@ def activate_client(client) -> None:
         _queue(client)                          # for a server of its own (launch_new_connection)
         launch_new_connection(pool, force=True)
         return
-    server = _take_idle(pool)
-    if server is not None:
+    idle = pool.idle_servers
+    if idle:
+        server = next(iter(idle)) if registry.cfg.server_round_robin else next(reversed(idle))
         if _needs_check(server):
             # the server sat idle longer than server_check_delay: check it, the client waits its turn
             _queue(client)
@@ -236,33 +236,22 @@ def _queue(client) -> None:
         set_client_state(client, CL_WAITING)
 
 
-def _take_idle(pool):
-    idle = pool.idle_servers
-    if not idle:
-        return None
-    if registry.cfg.server_round_robin:
-        return next(iter(idle))
-    return next(reversed(idle))
-
-
 def link(client, server) -> None:
     """Link client and server, apply the client's tracked parameters, then let the client's data flow."""
     now = time.monotonic()
+    pool = client.pool
+    stats = pool.db.stats
     if client.state == CL_WAITING:
-        client.pool.db.stats.wait_time += int((now - client.wait_start) * 1e6)
+        stats.wait_time += int((now - client.wait_start) * 1e6)
         if metrics.recorder is not None:
-            metrics.recorder.waited(client.pool.db, now - client.wait_start)
-    client.pool.db.stats.server_assignment_count += 1
-    if client.state != CL_ACTIVE:
-        set_client_state(client, CL_ACTIVE)
-    link_objects(client, server)
+            metrics.recorder.waited(pool.db, now - client.wait_start)
+    stats.server_assignment_count += 1
+    link_objects(client, server)        # (the client active too)
     server.request_time = now + registry.wall_offset
-    client.pool.last_active = now
-    if server.replication is not None:      # walsenders accept no SET
-        client.link_ready()
-        return
-    if varcache.covered(client.vars, server):
-        # the usual case: every value the client set is already what the server has (remembered per server)
+    pool.last_active = now
+    # walsenders accept no SET; else the usual case: every value the client set is already what the server
+    # has (remembered per server)
+    if server.replication is not None or varcache.covered(client.vars, server):
         client.link_ready()
         return
     sql = varcache.set_statements(tracked_params(registry.cfg), client.vars, server.params)

@@ -13,7 +13,7 @@ from pgbouncer_py.auth import md5 as md5auth
 from pgbouncer_py.auth import scram
 from pgbouncer_py.log import log
 from pgbouncer_py.net import dns, tls
-from pgbouncer_py.net.sbuf import DONE, HOLD, STOP, LinkedFlow, relay
+from pgbouncer_py.net.sbuf import DONE, HOLD, STOP, LinkedFlow, relay_down
 from pgbouncer_py.netutil import format_addr, local_addr_of, tune_tcp
 from pgbouncer_py.objects import SV_FREE, SV_LOGIN, registry, release, set_server_state, unlink
 from pgbouncer_py.proto import build
@@ -244,7 +244,7 @@ class Server(LinkedFlow, asyncio.Protocol):
                 if client is not None:     # HOT: the relay (net/sbuf.py), as in _forward
                     self.stats.bytes_sent += len(data)
                     if self.psq is None:
-                        if relay(self, data, client.transport, _server_scan, _relay_at) == DONE:
+                        if relay_down(self, data, client.transport, _server_scan, _relay_at) == DONE:
                             release(self)
                     elif prepare.server_data(self, data, client) == DONE:
                         release(self)
@@ -261,7 +261,7 @@ class Server(LinkedFlow, asyncio.Protocol):
         tracking's while a queue of expected answers is kept (server.psq)."""
         self.pool.db.stats.bytes_sent += len(data)
         if self.psq is None:
-            r = relay(self, data, client.transport, _server_scan, _relay_at)
+            r = relay_down(self, data, client.transport, _server_scan, _relay_at)
         else:
             r = prepare.server_data(self, data, client)
         if r == DONE:
@@ -301,7 +301,8 @@ class Server(LinkedFlow, asyncio.Protocol):
             self.ready = False
             if not self.xact_start:
                 self.xact_start = now
-            if self.expect_rfq == 0 and self.link is not None and self.link.pool_mode == "statement":
+            client = self.link
+            if client is not None and client.pool_mode == "statement" and self.expect_rfq == 0:
                 self.relay_arg = self._statement_mode_violation
                 return STOP
             return end

@@ -22,8 +22,8 @@ message runs into the next read). Nothing here knows the protocol beyond the 5-b
         SWITCH          forward what came before it and stop: the handler changed how this link is relayed,
                         the rest is left in `conn.tail` for the new handler (relay returns SWITCH)
 
-The client (client.py, through relay_up below), the server (server.py) and prepared-statement tracking
-(prepare.py) are such handlers; relay() returns DONE, STOP or SWITCH when one of them was decided (STOP/SWITCH
+The client (client.py, through relay_up below), the server (server.py, through relay_down) and
+prepared-statement tracking (prepare.py, through relay itself) are such handlers; relay() returns DONE, STOP or SWITCH when one of them was decided (STOP/SWITCH
 end the walk), else 0. The loop keeps no state of its own between reads besides conn.tail/tail_need/skip, so a
 compiled version of it can replace this one behind the same interface.
 
@@ -152,7 +152,10 @@ class LinkedFlow:
 
 
 
-# The same loop for the client -> server direction, with a code object of its own: CPython 3.11 specialises
-# attribute access and calls per code object, and one connection type per site keeps them specialised (about
-# 500 instructions per transaction, bench/run.py --callgrind). A compiled relay would replace both.
+# The same loop with a code object of its own per direction of an untracked link: relay_up (client -> server,
+# the counting walker) and relay_down (server -> client); relay() itself is left to prepared-statement tracking
+# (prepare.py, both directions). CPython 3.11 specialises attribute access and calls per code object, and one
+# connection type and walker per site keeps them specialised (about 500 instructions per transaction for
+# relay_up, bench/run.py --callgrind). A compiled relay would replace all three.
 relay_up = type(relay)(relay.__code__.replace(), relay.__globals__, "relay_up")
+relay_down = type(relay)(relay.__code__.replace(), relay.__globals__, "relay_down", relay.__defaults__)

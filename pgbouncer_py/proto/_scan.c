@@ -14,6 +14,39 @@ static unsigned char sql_first[256];
 #define CLIENT_PS 1          /* prepared statements tracked on this link (prepare.PS_ON) */
 #define CLIENT_NO_PQEXEC 2   /* disable_pqexec: a Query is the caller's business */
 
+/* A Query text starting at buf[i] (i < e; e: the end of the message or of the read) that may be SQL PREPARE,
+ * EXECUTE or DEALLOCATE (sql.might_start decides): its first byte is in SQL_FIRST and, when that is a letter,
+ * the next two bytes are that command's next letters in any case (PRE, EXE, DEA), or are not in this read. So
+ * DELETE, DROP, END, EXPLAIN, PERFORM... pass without a stop (scan.py _may_be_sql is the same test). */
+static inline int may_be_sql(const unsigned char *buf, Py_ssize_t i, Py_ssize_t e)
+{
+    const char *kw;
+    int k;
+
+    if (!sql_first[buf[i]])
+        return 0;
+    switch (buf[i] | 0x20) {
+    case 'p':
+        kw = "pre";
+        break;
+    case 'e':
+        kw = "exe";
+        break;
+    case 'd':
+        kw = "dea";
+        break;
+    default:
+        return 1;           /* a blank, or what may start a comment */
+    }
+    for (k = 1; k < 3; k++) {
+        if (i + k >= e)
+            return 1;       /* cut: unsure */
+        if ((buf[i + k] | 0x20) != kw[k])
+            return 0;
+    }
+    return 1;
+}
+
 static inline Py_ssize_t msg_len(const unsigned char *p)
 {
     return ((Py_ssize_t)p[0] << 24) | ((Py_ssize_t)p[1] << 16) | ((Py_ssize_t)p[2] << 8) | (Py_ssize_t)p[3];
@@ -152,7 +185,7 @@ static PyObject *client_scan(PyObject *Py_UNUSED(self), PyObject *const *args, P
         case 'Q':
             if (flags & CLIENT_NO_PQEXEC)
                 goto out;
-            if ((flags & CLIENT_PS) && pos + 5 < n && sql_first[buf[pos + 5]])
+            if ((flags & CLIENT_PS) && pos + 5 < n && may_be_sql(buf, pos + 5, pos + 1 + ln < n ? pos + 1 + ln : n))
                 goto out;
             syncs++;
             work = 1;

@@ -61,6 +61,29 @@ def unnamed_batch_end(data, pos: int, max_packet: int, might_be_sql=None) -> int
     return -1
 
 
+# a Query text whose first byte is one of these letters may only be the command starting with these three
+_PREFIX = {ord(c): k[:3].encode() for k in ("prepare", "execute", "deallocate") for c in (k[0], k[0].upper())}
+
+
+def _may_be_sql(data, i: int, e: int) -> bool:
+    """The Query text at data[i] (i < e; e: the end of the message or of the read) may be SQL PREPARE, EXECUTE or
+    DEALLOCATE (sql.might_start decides): its first byte is in sql.FIRST_BYTES and, when that is a letter, the
+    next two bytes are that command's next letters in any case, or are not in this read. So DELETE, DROP, END,
+    EXPLAIN, PERFORM... pass the walk without a stop (the C walker's may_be_sql is the same test)."""
+    c = data[i]
+    if c not in _SQL_FIRST:
+        return False
+    kw = _PREFIX.get(c)
+    if kw is None:
+        return True             # a blank, or what may start a comment
+    for k in (1, 2):
+        if i + k >= e:
+            return True         # cut: unsure
+        if data[i + k] | 0x20 != kw[k]:
+            return False
+    return True
+
+
 def client_scan(data, pos: int, max_packet: int, flags: int) -> tuple[int, int, int]:
     """Walk client messages from pos: (where it stopped, Query/Sync count, 1 when any message is work for the
     server). It stops at what the caller must look at itself: Terminate, a bad length, a type not in
@@ -75,7 +98,7 @@ def client_scan(data, pos: int, max_packet: int, flags: int) -> tuple[int, int, 
         if t == 88 or ln < 4 or ln > max_packet:
             break
         if t == 81:
-            if flags & CLIENT_NO_PQEXEC or (ps and pos + 5 < n and data[pos + 5] in _SQL_FIRST):
+            if flags & CLIENT_NO_PQEXEC or (ps and pos + 5 < n and _may_be_sql(data, pos + 5, min(pos + 1 + ln, n))):
                 break
             syncs += 1
             work = 1

@@ -165,3 +165,20 @@ def test_pure_switch():
                          env={**os.environ, "PGBOUNCER_PY_PURE": "1"}).stdout.split()
     assert out == ["False", "pgbouncer_py.proto.scan"]
     assert PURE.COMPILED == (COMPILED is not None and not os.environ.get("PGBOUNCER_PY_PURE"))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(("text", "stops"), [
+    ("END", False), ("DELETE FROM t", False), ("explain select 1", False), ("drop table t", False),
+    ("Execute p", True), ("pRepare p as select 1", True), ("DEALLOCATE p", True), ("deallocate all", True),
+    ("PREVIEW", True), ("EXE", True), ("E", False), ("E;", False), ("Ex", False), ("/* c */ END", True),
+])
+def test_tracked_query_stops_only_when_its_first_two_bytes_may_start_a_command(impl, text, stops):
+    """A walk with CLIENT_PS stops at a Query only when sql.might_start might say yes: a first byte that is a
+    letter must be followed by that command's next two letters (or the text is cut there)."""
+    q = build.query(text)
+    client_scan = impl[1]
+    assert (client_scan(q, 0, BIG, PS)[0] == 0) is stops
+    if not stops:
+        assert not sql.might_start(q, 5, len(q))
+    assert client_scan(q[:6], 0, BIG, PS)[0] == (0 if q[5] in sql.FIRST_BYTES else len(q))   # cut: unsure
