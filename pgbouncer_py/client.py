@@ -124,7 +124,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.dbname = ""
         self.link = None
         self.pool_mode = "session"
-        self.vars = varcache.Values()
+        self.vars = varcache.EMPTY   # shared, read-only until the first set_var
         self._startup = None      # the startup packet (bytes) once accepted; see startup_params
         self.startup_buf = bytearray()
         self.reader = None
@@ -179,6 +179,16 @@ class Client(LinkedFlow, asyncio.Protocol):
     @startup_params.setter
     def startup_params(self, value: dict[str, str]) -> None:
         self._startup = value
+
+    def set_var(self, name: str, value: str) -> None:
+        """Set a tracked parameter of this client. Its vars may be a varcache.Shared held by other clients too:
+        that is copied into a Values of its own first (unless the value is already the one it has)."""
+        v = self.vars
+        if v.__class__ is varcache.Shared:
+            if v.get(name) == value:
+                return
+            v = self.vars = varcache.Values(v)
+        v[name] = value
 
     @property
     def local_addr(self) -> tuple[str, int]:
@@ -489,13 +499,13 @@ class Client(LinkedFlow, asyncio.Protocol):
             if lk == "user" or lk == "database" or lk == "replication":
                 continue
             if lk in CANONICAL:
-                self.vars[CANONICAL[lk]] = value
+                self.set_var(CANONICAL[lk], value)
             elif lk == "options":
                 if self.replication == "none":
                     self._startup_options(value, ignore)
                 # a replication client's options go verbatim to its own server (replication_options)
             elif lk in tracked:
-                self.vars[varcache.canonical_name(key)] = value
+                self.set_var(varcache.canonical_name(key), value)
             elif key.startswith("_pq_."):
                 unsupported_minor.append(key)
             elif lk in ignore:
@@ -532,9 +542,9 @@ class Client(LinkedFlow, asyncio.Protocol):
         for key, val in parse_options(value):
             lk = key.lower()
             if lk in CANONICAL:
-                self.vars[CANONICAL[lk]] = val
+                self.set_var(CANONICAL[lk], val)
             elif lk in tracked:
-                self.vars[varcache.canonical_name(key)] = val
+                self.set_var(varcache.canonical_name(key), val)
             elif not key or lk in ignore or "options" in ignore:
                 log.debug(f"{self.prefix()}ignoring startup parameter from options: {key}={val}")
                 continue
@@ -666,7 +676,9 @@ class Client(LinkedFlow, asyncio.Protocol):
         cfg = registry.cfg
         cvars = self.vars
         if cfg.application_name_add_host and "application_name" in cvars:
-            cvars["application_name"] += " - " + format_addr(self.addr, self.port, self.is_unix)
+            self.set_var("application_name", cvars["application_name"] + " - " +
+                         format_addr(self.addr, self.port, self.is_unix))
+            cvars = self.vars
         welcome = self.pool.welcome_params or {}
         tracked = pooling.tracked_params(cfg)
         own = tuple(cvars.get(name) for name in tracked)
@@ -677,19 +689,24 @@ class Client(LinkedFlow, asyncio.Protocol):
             # the server's value of every tracked parameter it did not set
             params = dict(welcome)
             taken = {}
+            after = {}          # the client's vars after login
             for name, value in zip(tracked, own, strict=True):
                 if value is not None:
-                    params[name] = value
+                    params[name] = after[name] = value
                 elif name in params:
-                    taken[name] = params[name]
+                    taken[name] = after[name] = params[name]
             head = b"".join([build.parameter_status(k, v) for k, v in params.items()])
             if cfg.login_notify_message:
                 head = build.notice_response(cfg.login_notify_message) + head
             if len(_welcome_cache) >= 1024:
                 _welcome_cache.clear()
-            hit = _welcome_cache[key] = (welcome, cfg, head, taken)
-        if hit[3]:
-            cvars.update(hit[3])
+            # the client's vars after login when it set only tracked parameters: the same for every client with
+            # this key, so they share one read-only mapping (varcache.Shared) until one of them changes a value
+            hit = _welcome_cache[key] = (welcome, cfg, head, taken, varcache.share(after), len(own) - own.count(None))
+        if len(cvars) == hit[5]:
+            self.vars = hit[4]
+        else:       # it also set an untracked one (e.g. IntervalStyle with track_extra_parameters emptied)
+            self.vars = varcache.share({**cvars, **hit[3]})
         self.transport.write(hit[2] + build.msg(b"K", self.cancel_key) + _RFQ_IDLE)
         self.phase = PH_WORK
         set_client_state(self, CL_ACTIVE)

@@ -381,7 +381,7 @@ def server_at(server, data, pos: int, end: int) -> int:
     if t == 83:                                              # ParameterStatus
         name, value = parse_parameter_status(data[pos + 5:end])
         server.params[name] = value
-        client.vars[name] = value
+        client.set_var(name, value)
         if log.verbose:
             log.debug(f"{client.prefix()}setting client var: {name}='{value}'")
     elif t == 67 and kind != K_EXECUTE:                      # CommandComplete of a simple Query

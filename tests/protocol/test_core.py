@@ -27,6 +27,7 @@ from pgpeer import (
     types,
 )
 
+from pgbouncer_py import varcache
 from pgbouncer_py.objects import registry
 from pgbouncer_py.proto import build
 
@@ -679,6 +680,24 @@ def test_tracked_parameters_follow_the_client(make):
         assert clients[who].send(build.query(sql)) == sent + build.ready_for_query(b"I"), (who, sql)
         assert pg.queries[seen:] == received, (who, sql)
     assert pool_state(h.pool()) == {"active_clients": 2, "idle_servers": 1}
+
+
+def test_clients_with_the_same_values_share_them(make):
+    """Clients that logged in with the same values hold one read-only mapping (varcache.Shared); a client whose
+    value changes (here by the server's ParameterStatus after its SET) gets its own copy, the others keep theirs."""
+    h = make(pool_mode="transaction", pool_size=1)
+    a, b = logged_in(h), logged_in(h)
+    shared = a.protocol.vars
+    assert b.protocol.vars is shared and isinstance(shared, varcache.Shared)
+    assert shared == {k: WELCOME_PARAMS[k] for k in varcache.TRACKED_PARAMS + ("IntervalStyle",)}
+    assert a.send(build.query("SET application_name = 'z'")) == (
+        build.command_complete("SET") + build.parameter_status("application_name", "z") + build.ready_for_query(b"I"))
+    assert a.protocol.vars == dict(shared, application_name="z") and not isinstance(a.protocol.vars, varcache.Shared)
+    assert b.protocol.vars is shared and shared["application_name"] == ""
+    (pg,) = h.net.sessions
+    seen = len(pg.queries)
+    assert b.send(build.query("SELECT 1")) == SELECT1 + build.ready_for_query(b"I")
+    assert pg.queries[seen:] == ["SET application_name='';", "SELECT 1"]     # b's own value, from the shared one
 
 
 # --- protocol-level prepared statements (max_prepared_statements) -----------------------------------------
