@@ -32,6 +32,7 @@ from pgbouncer_py.proto import constants as C
 from pgbouncer_py.proto.messages import MessageReader, ProtocolError, parse_options, parse_startup_packet
 from pgbouncer_py.proto.scan import CLIENT_TYPES
 from pgbouncer_py.proto.scan import client_scan as _client_scan
+from pgbouncer_py.statements import NO_STATEMENTS
 
 _unpack_len = struct.Struct("!I").unpack_from
 _RFQ_IDLE = build.ready_for_query(b"I")
@@ -128,7 +129,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         self._startup = None      # the startup packet (bytes) once accepted; see startup_params
         self.startup_buf = bytearray()
         self.reader = None
-        self.pending = bytearray()
+        self.pending = b""        # data held until a server is linked: a bytearray while there is some (_hold)
         self.tail = b""
         self.tail_need = 0        # tracked path: bytes the incomplete message in `tail` needs
         self.skip = 0
@@ -145,7 +146,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.paused_peer = False
         self.paused_reading = False
         self.replication = "none"
-        self.prepared = {}            # prepared statement name -> prepare.Statement (issue 7)
+        self.prepared = NO_STATEMENTS  # prepared statement name -> prepare.Statement (issue 7): a dict once it has one
         self.ps = 0                   # prepare.PS_OFF / PS_ON / PS_ACTIVE (tracking this link period)
         self.counted_db = None
         self.counted_user = None
@@ -263,7 +264,7 @@ class Client(LinkedFlow, asyncio.Protocol):
             elif self.phase == PH_AUTH:
                 self._auth_data(data)
             elif self.phase == PH_WAIT_LOGIN:
-                self.pending += data
+                self._hold(data)
                 self._pause()
             elif self.phase == PH_WORK:
                 self._admin_data(data)
@@ -305,7 +306,7 @@ class Client(LinkedFlow, asyncio.Protocol):
 
     def _queue_data(self, data: bytes) -> None:
         """Data while no server is linked (or one is being prepared): hold it and ask the pool for a server."""
-        self.pending += data
+        self._hold(data)
         if len(self.pending) >= registry.cfg.pkt_buf:
             self._pause()
         if self.link is None and self.state == CL_ACTIVE:
@@ -314,18 +315,25 @@ class Client(LinkedFlow, asyncio.Protocol):
             self.request_time = time.time()
             pooling.activate_client(self)
 
+    def _hold(self, data: bytes) -> None:
+        """Append to `pending`: an idle client holds the shared b"", a bytearray is made for the first bytes."""
+        if self.pending:
+            self.pending += data
+        else:
+            self.pending = bytearray(data)
+
     def _pending_has_work(self) -> bool:
         """A lone Terminate needs no server; a message type the pooler does not know is refused before one is
         taken for it (as PgBouncer does)."""
         p = self.pending
         if len(p) >= 5 and p[0] == 88:
-            self.pending.clear()
+            self.pending = b""
             self.close("client close request")
             return False
         pos = _client_scan(p, 0, self._max_packet, 0)[0]
         if pos + 5 <= len(p) and p[pos] not in CLIENT_TYPES:
             header = bytes(p[pos:pos + 8])
-            p.clear()
+            self.pending = b""
             self.unknown_packet(header)
             return False
         return True
@@ -345,7 +353,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         """Called by the pool once the linked server is ready for this client's data."""
         if self.pending:
             data = bytes(self.pending)
-            self.pending.clear()
+            self.pending = b""
             self._resume()
             self._forward(data, self.link)
         else:
@@ -721,7 +729,7 @@ class Client(LinkedFlow, asyncio.Protocol):
             return
         if self.pending:
             data = bytes(self.pending)
-            self.pending.clear()
+            self.pending = b""
             self._resume()
             self.data_received(data)
 

@@ -30,6 +30,7 @@ from pgpeer import (
 from pgbouncer_py import varcache
 from pgbouncer_py.objects import registry
 from pgbouncer_py.proto import build
+from pgbouncer_py.statements import NO_STATEMENTS
 
 HOLD = "SELECT pg_sleep(10)"
 SELECT1 = result("SELECT 1", rows=[["1"]])
@@ -353,6 +354,23 @@ def test_client_queued_until_a_server_frees(make):
     assert b.transport.take() == SELECT1 + build.ready_for_query(b"I")    # served by the freed server
     assert h.net.sessions[0].queries == ["BEGIN", "COMMIT", "SELECT 1"]
     assert b.state == "active" and pool_state(pool) == {"active_clients": 2, "idle_servers": 1}
+
+
+def test_idle_client_holds_no_buffers_of_its_own(make):
+    """A logged-in idle client holds the shared empty `pending` (b"") and statement names (NO_STATEMENTS); a
+    bytearray is made while data waits for a server, a dict once it names a statement."""
+    h = make(pool_mode="transaction", pool_size=1)
+    a, b = logged_in(h), logged_in(h)
+    for c in (a, b):
+        assert type(c.protocol.pending) is bytes and not c.protocol.pending
+        assert c.protocol.prepared is NO_STATEMENTS
+    a.send(build.query("BEGIN"))
+    assert b.send(build.query("SELECT 1")) == b""                 # held: no server for b
+    assert b.protocol.pending == build.query("SELECT 1") and type(b.protocol.pending) is bytearray
+    a.send(build.query("COMMIT"))
+    assert b.transport.take() == SELECT1 + build.ready_for_query(b"I")
+    assert type(b.protocol.pending) is bytes and not b.protocol.pending
+    assert a.protocol.prepared is NO_STATEMENTS and b.protocol.prepared is NO_STATEMENTS
 
 
 def test_session_pooling_queue(make):
