@@ -64,6 +64,25 @@ def _login_settings(cfg) -> tuple:
     return _login_cfg
 
 
+# startup packets kept by clients (Client._startup), one copy per distinct small packet: clients of one application
+# send the same bytes. Bounded: when full it starts over (clients keep what they hold).
+_packets: dict[bytes, bytes] = {}
+SHARED_PACKET_MAX_LEN = 512
+SHARED_PACKETS_MAX = 4096
+
+
+def _shared_packet(pkt: bytes) -> bytes:
+    """The one kept copy of a small startup packet equal to `pkt` (a larger one is kept as it is)."""
+    if len(pkt) > SHARED_PACKET_MAX_LEN:
+        return pkt
+    kept = _packets.get(pkt)
+    if kept is None:
+        if len(_packets) >= SHARED_PACKETS_MAX:
+            _packets.clear()
+        kept = _packets[pkt] = pkt
+    return kept
+
+
 # finish_login's welcome (ParameterStatus messages), built once per (server welcome, config, client values)
 _welcome_cache: dict = {}
 
@@ -496,8 +515,8 @@ class Client(LinkedFlow, asyncio.Protocol):
             raise ProtocolError("no username supplied")
         if len(user.encode()) >= C.MAX_USERNAME:
             raise ProtocolError("username too long")
-        self.username = user
-        self.dbname = params.get("database") or user
+        self.username = user = sys.intern(user)            # one string per name, not per client
+        self.dbname = sys.intern(params.get("database") or user)
         lowered = [(key, key.lower(), value) for key, value in params.items()]
         for _key, lk, value in lowered:
             if lk == "replication":
@@ -521,7 +540,7 @@ class Client(LinkedFlow, asyncio.Protocol):
                 continue
             else:
                 raise ProtocolError(f"unsupported startup parameter: {key}")
-        self._startup = pkt if pkt is not None else params
+        self._startup = _shared_packet(pkt) if pkt is not None else params
         if (version & 0xFFFF) > 0 or unsupported_minor:
             self.transport.write(build.negotiate_protocol_version(0, unsupported_minor))
         self._find_database()

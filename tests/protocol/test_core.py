@@ -118,6 +118,22 @@ def test_second_login_uses_the_pool_welcome(make):
     assert pool_state(h.pool()) == {"active_clients": 2, "idle_servers": 1}
 
 
+def test_clients_keep_one_copy_of_the_same_startup_packet(make):
+    """The startup packet a client keeps (takeover, replication options) and its user and database names are one
+    object for every client that sent the same small packet; a different packet is kept as its own."""
+    h = make(pool_mode="transaction")
+    a, b = logged_in(h), logged_in(h)
+    pa, pb = a.protocol, b.protocol
+    assert pa._startup is pb._startup and pa._startup == startup("app", "app")
+    assert pa.username is pb.username and pa.dbname is pb.dbname
+    assert pa.startup_params == {"user": "app", "database": "app"}
+    c = h.client()
+    out = c.send(startup("app", "app", application_name="other"))
+    c.send(md5_password("secret", "app", out[9:13]))
+    assert c.protocol._startup == startup("app", "app", application_name="other") and c.state == "active"
+    assert c.protocol.startup_params == {"user": "app", "database": "app", "application_name": "other"}
+
+
 # PostgreSQL's password for user app (None: trust), what the first client gets after AuthenticationOk
 SERVER_LOGINS = [
     (None, None),
