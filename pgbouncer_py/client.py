@@ -32,6 +32,7 @@ from pgbouncer_py.proto import constants as C
 from pgbouncer_py.proto.messages import MessageReader, ProtocolError, parse_options, parse_startup_packet
 from pgbouncer_py.proto.scan import CLIENT_TYPES
 from pgbouncer_py.proto.scan import client_scan as _client_scan
+from pgbouncer_py.statements import NO_STATEMENTS
 
 _unpack_len = struct.Struct("!I").unpack_from
 _RFQ_IDLE = build.ready_for_query(b"I")
@@ -61,6 +62,25 @@ def _login_settings(cfg) -> tuple:
         _login_cfg = (cfg, frozenset(p.lower() for p in cfg.list_setting("ignore_startup_parameters")),
                       frozenset(p.lower() for p in cfg.list_setting("track_extra_parameters")))
     return _login_cfg
+
+
+# startup packets kept by clients (Client._startup), one copy per distinct small packet: clients of one application
+# send the same bytes. Bounded: when full it starts over (clients keep what they hold).
+_packets: dict[bytes, bytes] = {}
+SHARED_PACKET_MAX_LEN = 512
+SHARED_PACKETS_MAX = 4096
+
+
+def _shared_packet(pkt: bytes) -> bytes:
+    """The one kept copy of a small startup packet equal to `pkt` (a larger one is kept as it is)."""
+    if len(pkt) > SHARED_PACKET_MAX_LEN:
+        return pkt
+    kept = _packets.get(pkt)
+    if kept is None:
+        if len(_packets) >= SHARED_PACKETS_MAX:
+            _packets.clear()
+        kept = _packets[pkt] = pkt
+    return kept
 
 
 # finish_login's welcome (ParameterStatus messages), built once per (server welcome, config, client values)
@@ -124,11 +144,11 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.dbname = ""
         self.link = None
         self.pool_mode = "session"
-        self.vars = varcache.Values()
+        self.vars = varcache.EMPTY   # shared, read-only until the first set_var
         self._startup = None      # the startup packet (bytes) once accepted; see startup_params
         self.startup_buf = bytearray()
         self.reader = None
-        self.pending = bytearray()
+        self.pending = b""        # data held until a server is linked: a bytearray while there is some (_hold)
         self.tail = b""
         self.tail_need = 0        # tracked path: bytes the incomplete message in `tail` needs
         self.skip = 0
@@ -145,7 +165,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.paused_peer = False
         self.paused_reading = False
         self.replication = "none"
-        self.prepared = {}            # prepared statement name -> prepare.Statement (issue 7)
+        self.prepared = NO_STATEMENTS  # prepared statement name -> prepare.Statement (issue 7): a dict once it has one
         self.ps = 0                   # prepare.PS_OFF / PS_ON / PS_ACTIVE (tracking this link period)
         self.counted_db = None
         self.counted_user = None
@@ -179,6 +199,16 @@ class Client(LinkedFlow, asyncio.Protocol):
     @startup_params.setter
     def startup_params(self, value: dict[str, str]) -> None:
         self._startup = value
+
+    def set_var(self, name: str, value: str) -> None:
+        """Set a tracked parameter of this client. Its vars may be a varcache.Shared held by other clients too:
+        that is copied into a Values of its own first (unless the value is already the one it has)."""
+        v = self.vars
+        if v.__class__ is varcache.Shared:
+            if v.get(name) == value:
+                return
+            v = self.vars = varcache.Values(v)
+        v[name] = value
 
     @property
     def local_addr(self) -> tuple[str, int]:
@@ -253,7 +283,7 @@ class Client(LinkedFlow, asyncio.Protocol):
             elif self.phase == PH_AUTH:
                 self._auth_data(data)
             elif self.phase == PH_WAIT_LOGIN:
-                self.pending += data
+                self._hold(data)
                 self._pause()
             elif self.phase == PH_WORK:
                 self._admin_data(data)
@@ -284,7 +314,7 @@ class Client(LinkedFlow, asyncio.Protocol):
 
     def _queue_data(self, data: bytes) -> None:
         """Data while no server is linked (or one is being prepared): hold it and ask the pool for a server."""
-        self.pending += data
+        self._hold(data)
         if len(self.pending) >= registry.cfg.pkt_buf:
             self._pause()
         if self.link is None and self.state == CL_ACTIVE:
@@ -293,18 +323,25 @@ class Client(LinkedFlow, asyncio.Protocol):
             self.request_time = time.time()
             pooling.activate_client(self)
 
+    def _hold(self, data: bytes) -> None:
+        """Append to `pending`: an idle client holds the shared b"", a bytearray is made for the first bytes."""
+        if self.pending:
+            self.pending += data
+        else:
+            self.pending = bytearray(data)
+
     def _pending_has_work(self) -> bool:
         """A lone Terminate needs no server; a message type the pooler does not know is refused before one is
         taken for it (as PgBouncer does)."""
         p = self.pending
         if len(p) >= 5 and p[0] == 88:
-            self.pending.clear()
+            self.pending = b""
             self.close("client close request")
             return False
         pos = _client_scan(p, 0, self._max_packet, 0)[0]
         if pos + 5 <= len(p) and p[pos] not in CLIENT_TYPES:
             header = bytes(p[pos:pos + 8])
-            p.clear()
+            self.pending = b""
             self.unknown_packet(header)
             return False
         return True
@@ -329,7 +366,7 @@ class Client(LinkedFlow, asyncio.Protocol):
             self.transport.resume_reading()
         if pending:
             data = bytes(pending)
-            pending.clear()
+            self.pending = b""  # the shared empty value again: an idle client owns no buffer
             server = self.link
             server.stats.bytes_received += len(data)
             if self.ps == 2:
@@ -475,8 +512,8 @@ class Client(LinkedFlow, asyncio.Protocol):
             raise ProtocolError("no username supplied")
         if len(user.encode()) >= C.MAX_USERNAME:
             raise ProtocolError("username too long")
-        self.username = user
-        self.dbname = params.get("database") or user
+        self.username = user = sys.intern(user)            # one string per name, not per client
+        self.dbname = sys.intern(params.get("database") or user)
         lowered = [(key, key.lower(), value) for key, value in params.items()]
         for _key, lk, value in lowered:
             if lk == "replication":
@@ -486,13 +523,13 @@ class Client(LinkedFlow, asyncio.Protocol):
             if lk == "user" or lk == "database" or lk == "replication":
                 continue
             if lk in CANONICAL:
-                self.vars[CANONICAL[lk]] = value
+                self.set_var(CANONICAL[lk], value)
             elif lk == "options":
                 if self.replication == "none":
                     self._startup_options(value, ignore)
                 # a replication client's options go verbatim to its own server (replication_options)
             elif lk in tracked:
-                self.vars[varcache.canonical_name(key)] = value
+                self.set_var(varcache.canonical_name(key), value)
             elif key.startswith("_pq_."):
                 unsupported_minor.append(key)
             elif lk in ignore:
@@ -500,7 +537,7 @@ class Client(LinkedFlow, asyncio.Protocol):
                 continue
             else:
                 raise ProtocolError(f"unsupported startup parameter: {key}")
-        self._startup = pkt if pkt is not None else params
+        self._startup = _shared_packet(pkt) if pkt is not None else params
         if (version & 0xFFFF) > 0 or unsupported_minor:
             self.transport.write(build.negotiate_protocol_version(0, unsupported_minor))
         self._find_database()
@@ -529,9 +566,9 @@ class Client(LinkedFlow, asyncio.Protocol):
         for key, val in parse_options(value):
             lk = key.lower()
             if lk in CANONICAL:
-                self.vars[CANONICAL[lk]] = val
+                self.set_var(CANONICAL[lk], val)
             elif lk in tracked:
-                self.vars[varcache.canonical_name(key)] = val
+                self.set_var(varcache.canonical_name(key), val)
             elif not key or lk in ignore or "options" in ignore:
                 log.debug(f"{self.prefix()}ignoring startup parameter from options: {key}={val}")
                 continue
@@ -663,7 +700,9 @@ class Client(LinkedFlow, asyncio.Protocol):
         cfg = registry.cfg
         cvars = self.vars
         if cfg.application_name_add_host and "application_name" in cvars:
-            cvars["application_name"] += " - " + format_addr(self.addr, self.port, self.is_unix)
+            self.set_var("application_name", cvars["application_name"] + " - " +
+                         format_addr(self.addr, self.port, self.is_unix))
+            cvars = self.vars
         welcome = self.pool.welcome_params or {}
         tracked = pooling.tracked_params(cfg)
         own = tuple(cvars.get(name) for name in tracked)
@@ -674,19 +713,24 @@ class Client(LinkedFlow, asyncio.Protocol):
             # the server's value of every tracked parameter it did not set
             params = dict(welcome)
             taken = {}
+            after = {}          # the client's vars after login
             for name, value in zip(tracked, own, strict=True):
                 if value is not None:
-                    params[name] = value
+                    params[name] = after[name] = value
                 elif name in params:
-                    taken[name] = params[name]
+                    taken[name] = after[name] = params[name]
             head = b"".join([build.parameter_status(k, v) for k, v in params.items()])
             if cfg.login_notify_message:
                 head = build.notice_response(cfg.login_notify_message) + head
             if len(_welcome_cache) >= 1024:
                 _welcome_cache.clear()
-            hit = _welcome_cache[key] = (welcome, cfg, head, taken)
-        if hit[3]:
-            cvars.update(hit[3])
+            # the client's vars after login when it set only tracked parameters: the same for every client with
+            # this key, so they share one read-only mapping (varcache.Shared) until one of them changes a value
+            hit = _welcome_cache[key] = (welcome, cfg, head, taken, varcache.share(after), len(own) - own.count(None))
+        if len(cvars) == hit[5]:
+            self.vars = hit[4]
+        else:       # it also set an untracked one (e.g. IntervalStyle with track_extra_parameters emptied)
+            self.vars = varcache.share({**cvars, **hit[3]})
         self.transport.write(hit[2] + build.msg(b"K", self.cancel_key) + _RFQ_IDLE)
         self.phase = PH_WORK
         set_client_state(self, CL_ACTIVE)
@@ -701,7 +745,7 @@ class Client(LinkedFlow, asyncio.Protocol):
             return
         if self.pending:
             data = bytes(self.pending)
-            self.pending.clear()
+            self.pending = b""
             self._resume()
             self.data_received(data)
 

@@ -68,6 +68,7 @@ class Endpoints:
         self.addr = cfg.http_listen_addr
         self.port = cfg.http_listen_port
         self.reuseport = bool(cfg.so_reuseport)
+        self.backlog = cfg.listen_backlog
         self.server = http.HttpServer({"/metrics": exporter.exposition, "/health": health, "/ready": ready})
         self.retry_handle = None
         self.last_error = None
@@ -84,7 +85,7 @@ class Endpoints:
         if self.closed:
             return
         try:
-            await self.server.start(self.addr, self.port, self.reuseport)
+            await self.server.start(self.addr, self.port, self.reuseport, self.backlog)
         except (OSError, listen.ListenError) as e:
             text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             if text != self.last_error:

@@ -272,7 +272,7 @@ def _vars_applied(server, error) -> None:
     if error is not None:
         log.warning(f"{server.prefix()}varcache_apply failed: {error}")
     else:
-        varcache.adopt_canonical(tracked_params(registry.cfg), client.vars, server.params)
+        client.vars = varcache.adopt_canonical(tracked_params(registry.cfg), client.vars, server.params)
     client.link_ready()
 
 

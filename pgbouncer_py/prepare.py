@@ -35,7 +35,9 @@ from pgbouncer_py.statements import (  # noqa: F401  (prepare.Statement, prepare
     K_SYN_PARSE,
     K_SYNC,
     K_UNTRACKED,
+    NO_STATEMENTS,
     Statement,
+    client_names,
     close_message,
     evict_for_one,
     lru_touch,
@@ -95,7 +97,7 @@ def export_server(server) -> list:
 def import_client(client, data: dict | None) -> None:
     client.ps = enabled_for(client)
     for name, item in ((data or {}).get("names") or {}).items():
-        client.prepared[bytes.fromhex(name)] = _import(item)
+        client_names(client)[bytes.fromhex(name)] = _import(item)
 
 
 def import_server(server, data: list | None) -> None:
@@ -282,7 +284,7 @@ def _client_message(client, server, t: int, body: bytes, data: bytes, pos: int, 
             log.info(f"{client.prefix()}prepared statement '{name.decode(errors='replace')}' was already prepared")
             raise PacketError(ERR_IN_USE)
         st = statements.get(key)
-        client.prepared[name] = st
+        client_names(client)[name] = st
         if lru_touch(server.prepared, st):
             q.append((K_SYN_PARSE, st, name))
             return
@@ -323,7 +325,9 @@ def _client_message(client, server, t: int, body: bytes, data: bytes, pos: int, 
         q.append((K_DESCRIBE, None, None))
         return
     # Close statement: only the client's name goes; the server keeps the statement for others
-    st = client.prepared.pop(name, None)
+    st = client.prepared.get(name)
+    if st is not None:
+        del client.prepared[name]
     q.append((K_SYN_CLOSE, st, name))
 
 
@@ -381,7 +385,7 @@ def server_at(server, data, pos: int, end: int) -> int:
     if t == 83:                                              # ParameterStatus
         name, value = parse_parameter_status(data[pos + 5:end])
         server.params[name] = value
-        client.vars[name] = value
+        client.set_var(name, value)
         if log.verbose:
             log.debug(f"{client.prefix()}setting client var: {name}='{value}'")
     elif t == 67 and kind != K_EXECUTE:                      # CommandComplete of a simple Query
@@ -442,7 +446,7 @@ def _error_skip(server, client, q) -> None:
             lru_unevict(lru, st)
         elif kind == K_SYN_CLOSE:
             if st is not None and name not in client.prepared:
-                client.prepared[name] = st
+                client_names(client)[name] = st
 
 
 def _command_tag(server, client, body: bytes) -> None:
@@ -454,8 +458,8 @@ def deallocate_all(server, client) -> None:
     """DEALLOCATE ALL / DISCARD ALL ran on the server: its statements and the client's names are gone."""
     if server is not None:
         server.prepared.clear()
-    if client is not None:
-        client.prepared.clear()
+    if client is not None and client.prepared:
+        client.prepared = NO_STATEMENTS
 
 
 def unnamed_batch_end(data: bytes, pos: int, max_packet: int = 2147483647) -> int:

@@ -310,7 +310,7 @@ class Server(LinkedFlow, asyncio.Protocol):
         if t == 83:                          # 'S' ParameterStatus
             name, value = parse_parameter_status(data[pos + 5:end])
             self.params[name] = value
-            client.vars[name] = value        # the server's spelling of the value becomes the client's
+            client.set_var(name, value)      # the server's spelling of the value becomes the client's
             if log.verbose:
                 log.debug(f"{client.prefix()}setting client var: {name}='{value}'")
         else:

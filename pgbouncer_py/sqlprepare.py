@@ -84,7 +84,7 @@ def client_query(client, server, text: bytes, q, stats, k_sql: int):
         if st is not None:
             return _error(job, q, k_sql, "42P05", b'prepared statement "%s" already exists' % name)
         st = stmts.statements.get(cmd.rest, sql=True)
-        client.prepared[name] = st
+        stmts.client_names(client)[name] = st
         lru = server.prepared
         if stmts.lru_touch(lru, st):
             return _noop(job, q, k_sql, b"PREPARE", ("known", st, name))
@@ -235,6 +235,7 @@ def undo(job: Job) -> None:
                 del names[name]
         elif op == "dealloc":
             if name not in names:
+                names = stmts.client_names(job.client)
                 names[name] = st
     job.actions.clear()
     job.hide = 0

@@ -3,6 +3,7 @@ one Statement per distinct (query text, parameter types), its server-side name, 
 and the kinds of entries in a server's queue of expected answers (server.psq)."""
 
 import struct
+import types
 import weakref
 
 from pgbouncer_py.objects import registry
@@ -73,6 +74,19 @@ class Statements:
 
 
 statements = Statements()
+
+# a client's statement names (client.prepared: name -> Statement) before its first PREPARE or named Parse: one
+# read-only empty mapping shared by every such client (an idle client costs no dict); client_names() gives it its
+# own dict when it names one
+NO_STATEMENTS = types.MappingProxyType({})
+
+
+def client_names(client) -> dict:
+    """The client's own name -> Statement dict, made on first use (client.prepared starts as NO_STATEMENTS)."""
+    names = client.prepared
+    if names is NO_STATEMENTS:
+        names = client.prepared = {}
+    return names
 
 
 def target_message(mtype: bytes, kind: int, server_name: bytes) -> bytes:

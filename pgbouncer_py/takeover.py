@@ -607,10 +607,11 @@ def _client_from_row(fd: int, r: dict, st: dict | None, listeners):
     pool_user = _user(st.get("pool_user") or st["username"], db)
     c.pool = registry.get_pool(db, pool_user)
     c.pool_mode = st.get("pool_mode") or c.pool.pool_mode(registry.cfg)
-    c.vars = varcache.Values(st.get("vars") or {})
+    c.vars = varcache.share(st.get("vars") or {})
     c.startup_params = dict(st.get("startup_params") or {})
     c.cancel_key = _unhex(st.get("cancel_key"))
-    c.pending = bytearray(_unhex(st.get("pending")))
+    pending = _unhex(st.get("pending"))
+    c.pending = bytearray(pending) if pending else b""
     c.tail = _unhex(st.get("tail"))
     c.skip = st.get("skip", 0)
     c.phase = client.PH_WORK

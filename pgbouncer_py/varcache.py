@@ -1,5 +1,10 @@
 """Tracked session parameters ("varcache"): which ones follow a client from server to server, and the SET
-that makes a freshly linked server agree with the client. Pure functions: no I/O, no clock."""
+that makes a freshly linked server agree with the client. Pure functions: no I/O, no clock.
+
+Clients that logged in with the same values share one read-only `Shared` mapping (share()); a client copies it
+into a `Values` of its own on its first change (client.Client.set_var). A Shared never changes, so its one
+version number keeps the (server params version, client vars version) checks of covered() valid for every client
+that holds it."""
 
 import itertools
 
@@ -64,6 +69,41 @@ class Values(dict):
         self.version = next(_versions)
 
 
+class Shared(Values):
+    """Values that many clients hold at once (share()): read-only, every change raises TypeError. Copy it into a
+    Values (which takes a new version) before changing anything."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("varcache.Shared is read-only: copy it into a Values first")
+
+    __setitem__ = __delitem__ = __ior__ = update = setdefault = pop = popitem = clear = _read_only
+
+
+EMPTY = Shared()        # a client that has set nothing yet
+
+# contents (the items as a tuple) -> the Shared holding them; bounded: when full it starts over (clients keep
+# what they hold, only later logins get new Shared objects)
+_shared: dict[tuple, Shared] = {}
+SHARED_MAX = 4096
+
+
+def share(values: dict[str, str]) -> Shared:
+    """The Shared with these contents: one object (and one version) for every client whose values are the same."""
+    if values.__class__ is Shared:
+        return values
+    if not values:
+        return EMPTY
+    key = tuple(values.items())
+    s = _shared.get(key)
+    if s is None:
+        if len(_shared) >= SHARED_MAX:
+            _shared.clear()
+        s = _shared[key] = Shared(values)
+    return s
+
+
 def covered(client_vars: Values, server) -> bool:
     """Every value the client set is what the server has (client_vars a subset of server.params). HOT: each
     server remembers which client vars versions it has matched since its own params last changed."""
@@ -121,9 +161,15 @@ def set_statements(names, client_vars: dict[str, str], server_params: dict[str, 
     return "".join(out)
 
 
-def adopt_canonical(names, client_vars: dict[str, str], server_params: dict[str, str]) -> None:
+def adopt_canonical(names, client_vars: dict[str, str], server_params: dict[str, str]) -> dict[str, str]:
     """After the SETs succeeded, remember the values as the server spelled them (e.g. 'German, DMY' for
-    'german'), so the next server whose ParameterStatus says the same needs no SET."""
+    'german'), so the next server whose ParameterStatus says the same needs no SET. Returns the client's values:
+    client_vars changed in place, or, when client_vars is a Shared and a value differs, a Values copy."""
     for name in names:
         if name in client_vars and name in server_params:
-            client_vars[name] = server_params[name]
+            value = server_params[name]
+            if client_vars[name] != value:
+                if client_vars.__class__ is Shared:
+                    client_vars = Values(client_vars)
+                client_vars[name] = value
+    return client_vars

@@ -363,6 +363,12 @@ def _listening_inodes(port: int) -> set[str]:
     return inodes
 
 
+def listen_backlog(port: int) -> int:
+    """The accept-queue limit the kernel has for the listening TCP socket on `port` (ss's Send-Q column)."""
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    return int(out.split()[2])
+
+
 def _unix_listening_inodes(path: str) -> set[str]:
     inodes = set()
     for line in Path("/proc/net/unix").read_text().splitlines()[1:]:

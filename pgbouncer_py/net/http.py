@@ -160,8 +160,9 @@ class HttpServer:
             return 404, TEXT, b"not found; try /metrics, /health or /ready\n"
         return fn()
 
-    async def start(self, addr: str, port: int, reuseport: bool) -> None:
-        """Bind every address of `addr` (comma list, * for all); OSError or ListenError when one fails."""
+    async def start(self, addr: str, port: int, reuseport: bool, backlog: int = 128) -> None:
+        """Bind every address of `addr` (comma list, * for all), listening with `backlog` (listen_backlog);
+        OSError or ListenError when one fails."""
         loop = asyncio.get_running_loop()
         socks = []
         try:
@@ -178,12 +179,14 @@ class HttpServer:
                 except OSError as e:
                     host = f"[{sockaddr[0]}]" if family == socket.AF_INET6 else sockaddr[0]
                     raise OSError(e.errno, f"bind(): {host}:{sockaddr[1]}: {e.strerror}") from None
-                sock.listen(128)
+                sock.listen(backlog)
                 sock.setblocking(False)
                 host = f"[{sockaddr[0]}]" if family == socket.AF_INET6 else sockaddr[0]
                 self.descs.append(f"{host}:{sock.getsockname()[1]}")
             for sock in socks:
-                self.servers.append(await loop.create_server(lambda: HttpConnection(self), sock=sock))
+                # asyncio and uvloop listen() again on a served socket, with 100 unless told: keep the backlog
+                self.servers.append(await loop.create_server(lambda: HttpConnection(self), sock=sock,
+                                                             backlog=backlog))
         except BaseException:
             for srv in self.servers:
                 srv.close()

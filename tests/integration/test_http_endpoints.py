@@ -17,7 +17,15 @@ from pathlib import Path
 import psycopg
 import psycopg2
 import pytest
-from pgutil import ADMIN_USER, _listening_inodes, _socket_inodes_of, find_pg_bindir, free_port, wait_until
+from pgutil import (
+    ADMIN_USER,
+    _listening_inodes,
+    _socket_inodes_of,
+    find_pg_bindir,
+    free_port,
+    listen_backlog,
+    wait_until,
+)
 
 # The prometheus-community exporter's metric names (pgbouncer_exporter collector.go, as recorded in
 # ../shared/reference/monitoring-consumers.md section 1). Left out: pgbouncer_stats_totals_queries_total (SHOW
@@ -339,6 +347,14 @@ def test_metrics_without_prometheus_client(pooler_factory, tmp_path, monkeypatch
                    r"\(Debian: python3-prometheus-client\): /metrics answers 503, /health and /ready work")
     assert get(p, "/metrics")[0] == 503
     assert get_json(p, "/ready") == (200, {"ready": True})
+
+
+def test_http_listener_backlog_is_listen_backlog(pooler_factory):
+    """The HTTP listener listens with listen_backlog, as the pooler's port does (the event loop would otherwise
+    listen() again with its default of 100)."""
+    port = free_port()
+    start(pooler_factory, {"listen_backlog": "77", "http_listen_port": port})
+    assert listen_backlog(port) == 77
 
 
 def test_port_taken_is_retried(pooler_factory):

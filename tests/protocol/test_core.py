@@ -27,8 +27,10 @@ from pgpeer import (
     types,
 )
 
+from pgbouncer_py import varcache
 from pgbouncer_py.objects import registry
 from pgbouncer_py.proto import build
+from pgbouncer_py.statements import NO_STATEMENTS
 
 HOLD = "SELECT pg_sleep(10)"
 SELECT1 = result("SELECT 1", rows=[["1"]])
@@ -114,6 +116,22 @@ def test_second_login_uses_the_pool_welcome(make):
     c2 = logged_in(h)
     assert c2.state == "active" and len(h.net.sessions) == 1
     assert pool_state(h.pool()) == {"active_clients": 2, "idle_servers": 1}
+
+
+def test_clients_keep_one_copy_of_the_same_startup_packet(make):
+    """The startup packet a client keeps (takeover, replication options) and its user and database names are one
+    object for every client that sent the same small packet; a different packet is kept as its own."""
+    h = make(pool_mode="transaction")
+    a, b = logged_in(h), logged_in(h)
+    pa, pb = a.protocol, b.protocol
+    assert pa._startup is pb._startup and pa._startup == startup("app", "app")
+    assert pa.username is pb.username and pa.dbname is pb.dbname
+    assert pa.startup_params == {"user": "app", "database": "app"}
+    c = h.client()
+    out = c.send(startup("app", "app", application_name="other"))
+    c.send(md5_password("secret", "app", out[9:13]))
+    assert c.protocol._startup == startup("app", "app", application_name="other") and c.state == "active"
+    assert c.protocol.startup_params == {"user": "app", "database": "app", "application_name": "other"}
 
 
 # PostgreSQL's password for user app (None: trust), what the first client gets after AuthenticationOk
@@ -352,6 +370,23 @@ def test_client_queued_until_a_server_frees(make):
     assert b.transport.take() == SELECT1 + build.ready_for_query(b"I")    # served by the freed server
     assert h.net.sessions[0].queries == ["BEGIN", "COMMIT", "SELECT 1"]
     assert b.state == "active" and pool_state(pool) == {"active_clients": 2, "idle_servers": 1}
+
+
+def test_idle_client_holds_no_buffers_of_its_own(make):
+    """A logged-in idle client holds the shared empty `pending` (b"") and statement names (NO_STATEMENTS); a
+    bytearray is made while data waits for a server, a dict once it names a statement."""
+    h = make(pool_mode="transaction", pool_size=1)
+    a, b = logged_in(h), logged_in(h)
+    for c in (a, b):
+        assert type(c.protocol.pending) is bytes and not c.protocol.pending
+        assert c.protocol.prepared is NO_STATEMENTS
+    a.send(build.query("BEGIN"))
+    assert b.send(build.query("SELECT 1")) == b""                 # held: no server for b
+    assert b.protocol.pending == build.query("SELECT 1") and type(b.protocol.pending) is bytearray
+    a.send(build.query("COMMIT"))
+    assert b.transport.take() == SELECT1 + build.ready_for_query(b"I")
+    assert type(b.protocol.pending) is bytes and not b.protocol.pending
+    assert a.protocol.prepared is NO_STATEMENTS and b.protocol.prepared is NO_STATEMENTS
 
 
 def test_session_pooling_queue(make):
@@ -679,6 +714,24 @@ def test_tracked_parameters_follow_the_client(make):
         assert clients[who].send(build.query(sql)) == sent + build.ready_for_query(b"I"), (who, sql)
         assert pg.queries[seen:] == received, (who, sql)
     assert pool_state(h.pool()) == {"active_clients": 2, "idle_servers": 1}
+
+
+def test_clients_with_the_same_values_share_them(make):
+    """Clients that logged in with the same values hold one read-only mapping (varcache.Shared); a client whose
+    value changes (here by the server's ParameterStatus after its SET) gets its own copy, the others keep theirs."""
+    h = make(pool_mode="transaction", pool_size=1)
+    a, b = logged_in(h), logged_in(h)
+    shared = a.protocol.vars
+    assert b.protocol.vars is shared and isinstance(shared, varcache.Shared)
+    assert shared == {k: WELCOME_PARAMS[k] for k in varcache.TRACKED_PARAMS + ("IntervalStyle",)}
+    assert a.send(build.query("SET application_name = 'z'")) == (
+        build.command_complete("SET") + build.parameter_status("application_name", "z") + build.ready_for_query(b"I"))
+    assert a.protocol.vars == dict(shared, application_name="z") and not isinstance(a.protocol.vars, varcache.Shared)
+    assert b.protocol.vars is shared and shared["application_name"] == ""
+    (pg,) = h.net.sessions
+    seen = len(pg.queries)
+    assert b.send(build.query("SELECT 1")) == SELECT1 + build.ready_for_query(b"I")
+    assert pg.queries[seen:] == ["SET application_name='';", "SELECT 1"]     # b's own value, from the shared one
 
 
 # --- protocol-level prepared statements (max_prepared_statements) -----------------------------------------

@@ -302,3 +302,19 @@ def test_counters(ends):
     _run(client, server, [("c", _with_sql(P("a") + B("a") + E + P("b") + B("b") + B("a") + S),
                            ("P:S1 B:S1 E P:S2 B:S2 B:S1 S", ""))])
     assert (stats.client_parse_count, stats.server_parse_count, stats.bind_count) == (2, 2, 3)
+
+
+def test_client_names_are_made_on_first_use():
+    """A client starts with the shared read-only NO_STATEMENTS; its own dict is made when it names one, and
+    DEALLOCATE ALL / DISCARD ALL gives the shared one back."""
+    from pgbouncer_py.statements import NO_STATEMENTS, client_names
+    client = SimpleNamespace(prepared=NO_STATEMENTS)
+    assert not NO_STATEMENTS and "x" not in client.prepared
+    with pytest.raises(TypeError):
+        NO_STATEMENTS[b"x"] = None
+    names = client_names(client)
+    assert names == {} and names is not NO_STATEMENTS and client.prepared is names
+    names[b"s1"] = "st"
+    assert client_names(client) is names
+    prepare.deallocate_all(None, client)
+    assert client.prepared is NO_STATEMENTS

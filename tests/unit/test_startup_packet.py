@@ -40,3 +40,18 @@ def test_bad_layouts(body):
 def test_last_byte_must_be_nul():
     with pytest.raises(ProtocolError, match="expected terminator as last byte"):
         parse_startup_packet(_pkt(b"user\0bob"))
+
+
+def test_small_startup_packets_are_kept_once(monkeypatch):
+    """client._shared_packet: one kept copy per distinct small packet, a large one kept as is, the table bounded."""
+    from pgbouncer_py import client
+    monkeypatch.setattr(client, "_packets", {})
+    monkeypatch.setattr(client, "SHARED_PACKETS_MAX", 3)
+    small = b"\0\0\0\x1a\0\3\0\0user\0app\0database\0db\0\0"
+    first = client._shared_packet(bytes(bytearray(small)))
+    again = bytes(bytearray(small))
+    assert again is not first and client._shared_packet(again) is first
+    big = bytes(client.SHARED_PACKET_MAX_LEN + 1)
+    assert client._shared_packet(big) is big and big not in client._packets
+    held = [client._shared_packet(b"%d" % i) for i in range(10)]
+    assert len(client._packets) <= 3 and held == [b"%d" % i for i in range(10)]

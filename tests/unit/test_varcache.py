@@ -108,3 +108,85 @@ def test_covered_forgets_when_many_clients_were_checked():
     assert all(varcache.covered(c, server) for c in clients)
     assert len(server.vars_checked) <= 4096
     assert varcache.covered(clients[0], server)
+
+
+# --- clients that logged in with the same values share one read-only mapping (varcache.Shared) ---
+
+def test_share_gives_one_object_per_contents():
+    a = varcache.share({"TimeZone": "UTC", "DateStyle": "ISO, MDY"})
+    b = varcache.share(varcache.Values({"TimeZone": "UTC", "DateStyle": "ISO, MDY"}))
+    assert a is b and isinstance(a, varcache.Shared) and a == {"TimeZone": "UTC", "DateStyle": "ISO, MDY"}
+    assert varcache.share(a) is a
+    assert varcache.share({}) is varcache.EMPTY
+    c = varcache.share({"TimeZone": "Europe/Paris", "DateStyle": "ISO, MDY"})
+    assert c is not a and c.version != a.version
+
+
+def test_share_is_bounded(monkeypatch):
+    monkeypatch.setattr(varcache, "_shared", {})
+    monkeypatch.setattr(varcache, "SHARED_MAX", 3)
+    held = [varcache.share({"application_name": str(i)}) for i in range(10)]
+    assert len(varcache._shared) <= 3
+    assert [dict(h) for h in held] == [{"application_name": str(i)} for i in range(10)]   # holders keep theirs
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d.__setitem__("TimeZone", "UTC"),
+    lambda d: d.__delitem__("DateStyle"),
+    lambda d: d.update(TimeZone="UTC"),
+    lambda d: d.__ior__({"TimeZone": "UTC"}),
+    lambda d: d.setdefault("IntervalStyle", "postgres"),
+    lambda d: d.pop("DateStyle"),
+    lambda d: d.popitem(),
+    lambda d: d.clear(),
+], ids=["set", "del", "update", "ior", "setdefault", "pop", "popitem", "clear"])
+def test_shared_is_read_only(change):
+    s = varcache.share({"DateStyle": "ISO, MDY", "TimeZone": "Asia/Tokyo"})
+    version = s.version
+    with pytest.raises(TypeError):
+        change(s)
+    assert s == {"DateStyle": "ISO, MDY", "TimeZone": "Asia/Tokyo"} and s.version == version
+
+
+def test_copy_of_shared_takes_its_own_version():
+    s = varcache.share({"DateStyle": "ISO, MDY"})
+    mine = varcache.Values(s)
+    assert mine == s and mine.version != s.version
+    mine["DateStyle"] = "German, DMY"
+    assert s == {"DateStyle": "ISO, MDY"}
+
+
+def test_covered_check_of_a_shared_holds_for_every_holder():
+    server = _Server({"TimeZone": "UTC", "DateStyle": "ISO, MDY"})
+    first = varcache.share({"TimeZone": "UTC"})
+    assert varcache.covered(first, server)
+    second = varcache.share({"TimeZone": "UTC"})                  # another client with the same values
+    assert second is first and second.version in server.vars_checked
+    server.params["TimeZone"] = "Europe/Paris"
+    assert not varcache.covered(second, server)
+
+
+def test_adopt_canonical_copies_a_shared_only_when_a_value_differs():
+    s = varcache.share({"DateStyle": "german"})
+    same = varcache.adopt_canonical(varcache.TRACKED_PARAMS, s, {"DateStyle": "german"})
+    assert same is s
+    mine = varcache.adopt_canonical(varcache.TRACKED_PARAMS, s, {"DateStyle": "German, DMY"})
+    assert mine is not s and not isinstance(mine, varcache.Shared)
+    assert mine == {"DateStyle": "German, DMY"} and s == {"DateStyle": "german"}
+    assert mine.version != s.version
+
+
+def test_client_set_var_copies_on_first_change():
+    from pgbouncer_py.client import Client
+    a, b = Client(), Client()
+    assert a.vars is varcache.EMPTY and b.vars is varcache.EMPTY
+    shared = varcache.share({"TimeZone": "UTC", "application_name": "app"})
+    a.vars = b.vars = shared
+    a.set_var("TimeZone", "UTC")                                  # the value it already has: still shared
+    assert a.vars is shared
+    a.set_var("application_name", "other")
+    assert a.vars == {"TimeZone": "UTC", "application_name": "other"} and not isinstance(a.vars, varcache.Shared)
+    assert b.vars is shared and shared == {"TimeZone": "UTC", "application_name": "app"}
+    version = a.vars.version
+    a.set_var("TimeZone", "Europe/Paris")                         # its own copy now: changed in place
+    assert a.vars.version != version and b.vars["TimeZone"] == "UTC"
