@@ -641,9 +641,21 @@ class Client(LinkedFlow, asyncio.Protocol):
     def _auth_data(self, data: bytes) -> None:
         if self.auth is None:
             raise ProtocolError("unexpected data during login")
-        self.reader.feed(data)
+        reader = self.reader
+        n = len(data)
+        if n >= 5 and not reader.buf and not reader.drop and 4 <= _unpack_len(data, 1)[0] == n - 1 <= reader.max_size:
+            # the usual read: exactly one whole message (the password, a SCRAM step), handed over without the
+            # reader's feed / next / next / take_rest (4 calls per exchange step)
+            self.auth.message(data[0], bytes(data[5:]))
+            if self.phase == PH_WAIT_LOGIN or self.phase == PH_WORK:
+                if not self.admin:
+                    self.reader = None
+                else:
+                    reader.skip_oversize = False
+            return
+        reader.feed(data)
         while self.phase == PH_AUTH and self.auth is not None:
-            m = self.reader.next()
+            m = reader.next()
             if m is None:
                 return
             self.auth.message(m[0], m[1])
