@@ -314,6 +314,11 @@ class Client(LinkedFlow, asyncio.Protocol):
 
     def _queue_data(self, data: bytes) -> None:
         """Data while no server is linked (or one is being prepared): hold it and ask the pool for a server."""
+        if data[0] == 88 and len(data) >= 5 and not self.pending and self.link is None and self.state == CL_ACTIVE:
+            # a lone Terminate (every -C client's last message): what _pending_has_work decides below, without
+            # making a buffer for it and two calls
+            self.close("client close request")
+            return
         self._hold(data)
         if len(self.pending) >= registry.cfg.pkt_buf:
             self._pause()

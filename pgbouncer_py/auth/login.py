@@ -312,7 +312,16 @@ class Authenticator:
             # longer than any password: read to its end and discarded, it fails like a wrong password
             self._fail()
             return
-        if self.method == "plain":
+        if self.method == "md5":            # the usual methods first
+            if not body or body[-1] != 0:
+                raise ProtocolError("malformed password packet")        # (parse_password's check)
+            if self.mock or not md5auth.md5_check(self.user.secret, self.user.name, self.salt, body[:-1]):
+                self._fail()
+                return
+            self._ok(self.user)
+        elif self.method == "scram":
+            self._scram_message(body)
+        elif self.method == "plain":
             password = self._password(body)
             if password is not None:
                 self._check_password(password)
@@ -324,14 +333,6 @@ class Authenticator:
             password = self._password(body)
             if password is not None:
                 self._start_ldap(password)
-        elif self.method == "md5":
-            password = parse_password(body)
-            if self.mock or not md5auth.md5_verify(self.user.secret, self.user.name, self.salt, password):
-                self._fail()
-                return
-            self._ok(self.user)
-        elif self.method == "scram":
-            self._scram_message(body)
         else:
             raise ProtocolError("unexpected password packet")
 
