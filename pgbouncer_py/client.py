@@ -49,8 +49,6 @@ CANONICAL = {"client_encoding": "client_encoding", "datestyle": "DateStyle", "ti
 
 CANCELED = "canceling statement due to user request"
 
-_REPL_TEXT = {"none": "no", "physical": "yes", "logical": "database"}
-
 # what a login needs from the config, computed once per Config object (a Config is immutable: RELOAD and SET make
 # a new one): (cfg, ignore_startup_parameters lowered, track_extra_parameters lowered)
 _login_cfg: tuple = (None, frozenset(), frozenset())
@@ -601,7 +599,7 @@ class Client(LinkedFlow, asyncio.Protocol):
                 # (login.Authenticator._ok answers "no such database" after a successful exchange)
                 db = Database(name, None, fake=True)
         if not self.admin:
-            if registry.total_clients > cfg.max_client_conn:
+            if len(registry.clients) > cfg.max_client_conn:       # (registry.total_clients without its frame)
                 raise ProtocolError("no more connections allowed (max_client_conn)")
             main = registry.main
             if registry.shutting_down and (not main.wait_for_clients or self.is_unix and self.created >= main.shutdown_at):
@@ -635,12 +633,6 @@ class Client(LinkedFlow, asyncio.Protocol):
         account.clients[self] = None
         self.counted_user = account
         return True
-
-    def log_login_attempt(self) -> None:
-        if registry.cfg.log_connections:
-            repl = _REPL_TEXT[self.replication]
-            log.info(f"{self.prefix()}login attempt: db={self.dbname} user={self.username} "
-                     f"tls={self.tls or 'no'} replication={repl}")
 
     # --- authentication ---
     def _auth_data(self, data: bytes) -> None:

@@ -90,7 +90,13 @@ class Logger:
         if "\n" in message:
             message = message.replace("\n", "\n\t")
         # one formatting, one encoding; each destination gets the bytes in one write(2) (no text layer)
-        line = f"{format_time(time.time())} [{self.pid}] {level} {message}\n"
+        # format_time written out (one call less per line, 2 per login); it refreshes the per-second cache
+        t = time.time()
+        sec = int(t)
+        c = _second_cache
+        if c[0] != sec:
+            format_time(t)
+        line = f"{c[1]}.{int((t - sec) * 1000):03d} {c[2]} [{self.pid}] {level} {message}\n"
         data = None
         if not self.quiet:
             err = sys.stderr

@@ -17,6 +17,10 @@ from pgbouncer_py.proto import constants as C
 from pgbouncer_py.proto.messages import ProtocolError, parse_password, parse_sasl_initial_response
 
 _MOCK_KEY = os.urandom(32)
+_REPL_TEXT = {"none": "no", "physical": "yes", "logical": "database"}
+
+# AuthenticationMD5Password up to its salt, built once (build.auth_request: two calls per md5 login)
+_MD5_REQUEST_HEAD = build.auth_request(C.AUTH_MD5, b"\0\0\0\0")[:-4]
 
 # failure texts sent to the client, as PgBouncer words them
 FAIL_PASSWORD = "password authentication failed"
@@ -281,7 +285,7 @@ class Authenticator:
     def _ask_md5(self) -> None:
         self.method = "md5"
         self.salt = os.urandom(4)
-        self.client.transport.write(build.auth_request(C.AUTH_MD5, self.salt))
+        self.client.transport.write(_MD5_REQUEST_HEAD + self.salt)
 
     def _ask_scram(self, secret: str | None) -> None:
         self.method = "scram"
@@ -477,7 +481,9 @@ class Authenticator:
                 return False
         else:
             client.login_user = client.username
-        client.log_login_attempt()
+        if cfg.log_connections:
+            log.info(f"{client.prefix()}login attempt: db={client.dbname} user={client.username} "
+                     f"tls={client.tls or 'no'} replication={_REPL_TEXT[client.replication]}")
         if client.admin and client.admin_level == 0 and user is not None:
             if user.name in cfg.list_setting("admin_users"):
                 client.admin_level = 2
