@@ -49,6 +49,9 @@ CANONICAL = {"client_encoding": "client_encoding", "datestyle": "DateStyle", "ti
 
 CANCELED = "canceling statement due to user request"
 
+# BackendKeyData up to the key (registry.new_cancel_key: always 8 bytes), built once instead of per login
+_KEY_HEAD = build.msg(b"K", bytes(8))[:-8]
+
 # what a login needs from the config, computed once per Config object (a Config is immutable: RELOAD and SET make
 # a new one): (cfg, ignore_startup_parameters lowered, track_extra_parameters lowered)
 _login_cfg: tuple = (None, frozenset(), frozenset())
@@ -436,7 +439,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         if code == C.CANCEL_REQUEST_CODE:
             self._cancel_request(pkt[8:16])
             return
-        if not self.tls and not self.is_unix and tls.client_tls_required():
+        if not self.tls and not self.is_unix and tls.state.client_ctx is not None and tls.client_tls_required():
             self.close("SSL required", send_error=True)
             return
         self._startup_params(payload, code, pkt)
@@ -740,7 +743,7 @@ class Client(LinkedFlow, asyncio.Protocol):
             self.vars = hit[4]
         else:       # it also set an untracked one (e.g. IntervalStyle with track_extra_parameters emptied)
             self.vars = varcache.share({**cvars, **hit[3]})
-        self.transport.write(hit[2] + build.msg(b"K", self.cancel_key) + _RFQ_IDLE)
+        self.transport.write(hit[2] + _KEY_HEAD + self.cancel_key + _RFQ_IDLE)
         self.phase = PH_WORK
         set_client_state(self, CL_ACTIVE)
         if metrics.recorder is not None:
