@@ -21,6 +21,7 @@ _REPL_TEXT = {"none": "no", "physical": "yes", "logical": "database"}
 
 # AuthenticationMD5Password up to its salt, built once (build.auth_request: two calls per md5 login)
 _MD5_REQUEST_HEAD = build.auth_request(C.AUTH_MD5, b"\0\0\0\0")[:-4]
+_SASL_REQUEST = build.auth_request(C.AUTH_SASL, b"SCRAM-SHA-256\0\0")
 
 # failure texts sent to the client, as PgBouncer words them
 FAIL_PASSWORD = "password authentication failed"
@@ -303,7 +304,7 @@ class Authenticator:
             parsed = scram.parse_scram_secret(secret)
             self.scram_server = scram.ScramServer(parsed if parsed is not None else secret,
                                                   iterations=cfg.scram_iterations)
-        self.client.transport.write(build.auth_request(C.AUTH_SASL, b"SCRAM-SHA-256\0\0"))
+        self.client.transport.write(_SASL_REQUEST)
 
     # --- messages from the client ---
     def message(self, mtype: int, body: bytes | None) -> None:
