@@ -49,6 +49,8 @@ CANONICAL = {"client_encoding": "client_encoding", "datestyle": "DateStyle", "ti
 
 CANCELED = "canceling statement due to user request"
 
+_SSL_REQUEST = struct.pack("!II", 8, C.SSL_REQUEST_CODE)
+
 # BackendKeyData up to the key (registry.new_cancel_key: always 8 bytes), built once instead of per login
 _KEY_HEAD = build.msg(b"K", bytes(8))[:-8]
 
@@ -416,7 +418,10 @@ class Client(LinkedFlow, asyncio.Protocol):
             self.data_received(rest)
 
     def _startup_packet(self, pkt: bytes) -> None:
-        code, payload = parse_startup_packet(pkt)
+        if pkt == _SSL_REQUEST:
+            code, payload = C.SSL_REQUEST_CODE, None     # most clients' first packet, known without a parse
+        else:
+            code, payload = parse_startup_packet(pkt)
         if code == C.SSL_REQUEST_CODE:
             if self.tls:
                 raise ProtocolError("client re-sent startup pkt")
@@ -520,7 +525,8 @@ class Client(LinkedFlow, asyncio.Protocol):
             raise ProtocolError("username too long")
         self.username = user = sys.intern(user)            # one string per name, not per client
         self.dbname = sys.intern(params.get("database") or user)
-        lowered = [(key, key.lower(), value) for key, value in params.items()]
+        # (zip and map: no comprehension frame per login)
+        lowered = list(zip(params, map(str.lower, params), params.values(), strict=True))
         for _key, lk, value in lowered:
             if lk == "replication":
                 self._replication_param(value)
