@@ -43,7 +43,7 @@ def is_md5_secret(text: str) -> bool:
         isinstance(text, str)
         and len(text) == 35
         and text.startswith("md5")
-        and all(c in _HEX for c in text[3:])
+        and _HEX.issuperset(text[3:])      # (one C call; a generator here stepped 32 times per md5 login)
     )
 
 
