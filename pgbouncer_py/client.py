@@ -49,7 +49,10 @@ CANONICAL = {"client_encoding": "client_encoding", "datestyle": "DateStyle", "ti
 
 CANCELED = "canceling statement due to user request"
 
-_REPL_TEXT = {"none": "no", "physical": "yes", "logical": "database"}
+_SSL_REQUEST = struct.pack("!II", 8, C.SSL_REQUEST_CODE)
+
+# BackendKeyData up to the key (registry.new_cancel_key: always 8 bytes), built once instead of per login
+_KEY_HEAD = build.msg(b"K", bytes(8))[:-8]
 
 # what a login needs from the config, computed once per Config object (a Config is immutable: RELOAD and SET make
 # a new one): (cfg, ignore_startup_parameters lowered, track_extra_parameters lowered)
@@ -314,6 +317,11 @@ class Client(LinkedFlow, asyncio.Protocol):
 
     def _queue_data(self, data: bytes) -> None:
         """Data while no server is linked (or one is being prepared): hold it and ask the pool for a server."""
+        if data[0] == 88 and len(data) >= 5 and not self.pending and self.link is None and self.state == CL_ACTIVE:
+            # a lone Terminate (every -C client's last message): what _pending_has_work decides below, without
+            # making a buffer for it and two calls
+            self.close("client close request")
+            return
         self._hold(data)
         if len(self.pending) >= registry.cfg.pkt_buf:
             self._pause()
@@ -410,7 +418,10 @@ class Client(LinkedFlow, asyncio.Protocol):
             self.data_received(rest)
 
     def _startup_packet(self, pkt: bytes) -> None:
-        code, payload = parse_startup_packet(pkt)
+        if pkt == _SSL_REQUEST:
+            code, payload = C.SSL_REQUEST_CODE, None     # most clients' first packet, known without a parse
+        else:
+            code, payload = parse_startup_packet(pkt)
         if code == C.SSL_REQUEST_CODE:
             if self.tls:
                 raise ProtocolError("client re-sent startup pkt")
@@ -433,7 +444,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         if code == C.CANCEL_REQUEST_CODE:
             self._cancel_request(pkt[8:16])
             return
-        if not self.tls and not self.is_unix and tls.client_tls_required():
+        if not self.tls and not self.is_unix and tls.state.client_ctx is not None and tls.client_tls_required():
             self.close("SSL required", send_error=True)
             return
         self._startup_params(payload, code, pkt)
@@ -514,7 +525,8 @@ class Client(LinkedFlow, asyncio.Protocol):
             raise ProtocolError("username too long")
         self.username = user = sys.intern(user)            # one string per name, not per client
         self.dbname = sys.intern(params.get("database") or user)
-        lowered = [(key, key.lower(), value) for key, value in params.items()]
+        # (zip and map: no comprehension frame per login)
+        lowered = list(zip(params, map(str.lower, params), params.values(), strict=True))
         for _key, lk, value in lowered:
             if lk == "replication":
                 self._replication_param(value)
@@ -596,7 +608,7 @@ class Client(LinkedFlow, asyncio.Protocol):
                 # (login.Authenticator._ok answers "no such database" after a successful exchange)
                 db = Database(name, None, fake=True)
         if not self.admin:
-            if registry.total_clients > cfg.max_client_conn:
+            if len(registry.clients) > cfg.max_client_conn:       # (registry.total_clients without its frame)
                 raise ProtocolError("no more connections allowed (max_client_conn)")
             main = registry.main
             if registry.shutting_down and (not main.wait_for_clients or self.is_unix and self.created >= main.shutdown_at):
@@ -631,19 +643,25 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.counted_user = account
         return True
 
-    def log_login_attempt(self) -> None:
-        if registry.cfg.log_connections:
-            repl = _REPL_TEXT[self.replication]
-            log.info(f"{self.prefix()}login attempt: db={self.dbname} user={self.username} "
-                     f"tls={self.tls or 'no'} replication={repl}")
-
     # --- authentication ---
     def _auth_data(self, data: bytes) -> None:
         if self.auth is None:
             raise ProtocolError("unexpected data during login")
-        self.reader.feed(data)
+        reader = self.reader
+        n = len(data)
+        if n >= 5 and not reader.buf and not reader.drop and 4 <= _unpack_len(data, 1)[0] == n - 1 <= reader.max_size:
+            # the usual read: exactly one whole message (the password, a SCRAM step), handed over without the
+            # reader's feed / next / next / take_rest (4 calls per exchange step)
+            self.auth.message(data[0], bytes(data[5:]))
+            if self.phase == PH_WAIT_LOGIN or self.phase == PH_WORK:
+                if not self.admin:
+                    self.reader = None
+                else:
+                    reader.skip_oversize = False
+            return
+        reader.feed(data)
         while self.phase == PH_AUTH and self.auth is not None:
-            m = self.reader.next()
+            m = reader.next()
             if m is None:
                 return
             self.auth.message(m[0], m[1])
@@ -705,7 +723,7 @@ class Client(LinkedFlow, asyncio.Protocol):
             cvars = self.vars
         welcome = self.pool.welcome_params or {}
         tracked = pooling.tracked_params(cfg)
-        own = tuple(cvars.get(name) for name in tracked)
+        own = tuple(map(cvars.get, tracked))        # (a generator here resumed once per tracked name: 8 frames)
         key = (id(welcome), id(cfg), own)
         hit = _welcome_cache.get(key)
         if hit is None or hit[0] is not welcome or hit[1] is not cfg:
@@ -731,7 +749,7 @@ class Client(LinkedFlow, asyncio.Protocol):
             self.vars = hit[4]
         else:       # it also set an untracked one (e.g. IntervalStyle with track_extra_parameters emptied)
             self.vars = varcache.share({**cvars, **hit[3]})
-        self.transport.write(hit[2] + build.msg(b"K", self.cancel_key) + _RFQ_IDLE)
+        self.transport.write(hit[2] + _KEY_HEAD + self.cancel_key + _RFQ_IDLE)
         self.phase = PH_WORK
         set_client_state(self, CL_ACTIVE)
         if metrics.recorder is not None:

@@ -3,6 +3,7 @@ signals.py, the shutdown progress in the janitor tick, and both sides of an onli
 configuration is loader.py's; the OS process around it (pidfile, user, systemd) is process.py's."""
 
 import asyncio
+import functools
 import importlib
 import os
 import pkgutil
@@ -96,7 +97,8 @@ class Pooler:
                 return 1
         for lst in self.listeners:
             # asyncio and uvloop listen() again on a served socket, with backlog=100 unless told: keep listen_backlog
-            lst.server = await loop.create_server(lambda lst=lst: Client(lst), sock=lst.sock,
+            # (a partial, not a lambda: no Python frame around Client() per accepted connection)
+            lst.server = await loop.create_server(functools.partial(Client, lst), sock=lst.sock,
                                                   backlog=self.cfg.listen_backlog)
             log.info(f"listening on {lst.desc}")
         if self.takeover is not None:

@@ -188,6 +188,8 @@ class Pool:
         self._lifetime = 0.0
         self._cap_key = None
         self._cap = 0
+        self._mode_key = None
+        self._mode = ""
 
     def server_lifetime(self, cfg) -> float:
         """Effective server_lifetime (database setting over the global one), cached per config object."""
@@ -215,10 +217,16 @@ class Pool:
 
     # settings with per-user, per-database and global precedence
     def pool_mode(self, cfg) -> str:
-        m = self.user.setting("pool_mode", None)
-        if m is None:
-            m = self.db.setting("pool_mode", None)
-        return m or cfg.pool_mode
+        """Cached per config object and database/user entry, as launch_cap (asked at every login: the two
+        setting() calls cost ~1,500 instructions per login, bench/run.py --callgrind S-C-c10)."""
+        key = self._mode_key
+        if key is None or key[0] is not cfg or key[1] is not self.db.conf or key[2] is not self.user.conf:
+            m = self.user.setting("pool_mode", None)
+            if m is None:
+                m = self.db.setting("pool_mode", None)
+            self._mode = m or cfg.pool_mode
+            self._mode_key = (cfg, self.db.conf, self.user.conf)
+        return self._mode
 
     def launch_cap(self, cfg) -> int:
         """pool_size + reserve_pool_size: no server connection can be launched at or beyond it. Cached per

@@ -17,6 +17,11 @@ from pgbouncer_py.proto import constants as C
 from pgbouncer_py.proto.messages import ProtocolError, parse_password, parse_sasl_initial_response
 
 _MOCK_KEY = os.urandom(32)
+_REPL_TEXT = {"none": "no", "physical": "yes", "logical": "database"}
+
+# AuthenticationMD5Password up to its salt, built once (build.auth_request: two calls per md5 login)
+_MD5_REQUEST_HEAD = build.auth_request(C.AUTH_MD5, b"\0\0\0\0")[:-4]
+_SASL_REQUEST = build.auth_request(C.AUTH_SASL, b"SCRAM-SHA-256\0\0")
 
 # failure texts sent to the client, as PgBouncer words them
 FAIL_PASSWORD = "password authentication failed"
@@ -281,7 +286,7 @@ class Authenticator:
     def _ask_md5(self) -> None:
         self.method = "md5"
         self.salt = os.urandom(4)
-        self.client.transport.write(build.auth_request(C.AUTH_MD5, self.salt))
+        self.client.transport.write(_MD5_REQUEST_HEAD + self.salt)
 
     def _ask_scram(self, secret: str | None) -> None:
         self.method = "scram"
@@ -299,7 +304,7 @@ class Authenticator:
             parsed = scram.parse_scram_secret(secret)
             self.scram_server = scram.ScramServer(parsed if parsed is not None else secret,
                                                   iterations=cfg.scram_iterations)
-        self.client.transport.write(build.auth_request(C.AUTH_SASL, b"SCRAM-SHA-256\0\0"))
+        self.client.transport.write(_SASL_REQUEST)
 
     # --- messages from the client ---
     def message(self, mtype: int, body: bytes | None) -> None:
@@ -312,7 +317,16 @@ class Authenticator:
             # longer than any password: read to its end and discarded, it fails like a wrong password
             self._fail()
             return
-        if self.method == "plain":
+        if self.method == "md5":            # the usual methods first
+            if not body or body[-1] != 0:
+                raise ProtocolError("malformed password packet")        # (parse_password's check)
+            if self.mock or not md5auth.md5_check(self.user.secret, self.user.name, self.salt, body[:-1]):
+                self._fail()
+                return
+            self._ok(self.user)
+        elif self.method == "scram":
+            self._scram_message(body)
+        elif self.method == "plain":
             password = self._password(body)
             if password is not None:
                 self._check_password(password)
@@ -324,14 +338,6 @@ class Authenticator:
             password = self._password(body)
             if password is not None:
                 self._start_ldap(password)
-        elif self.method == "md5":
-            password = parse_password(body)
-            if self.mock or not md5auth.md5_verify(self.user.secret, self.user.name, self.salt, password):
-                self._fail()
-                return
-            self._ok(self.user)
-        elif self.method == "scram":
-            self._scram_message(body)
         else:
             raise ProtocolError("unexpected password packet")
 
@@ -476,7 +482,9 @@ class Authenticator:
                 return False
         else:
             client.login_user = client.username
-        client.log_login_attempt()
+        if cfg.log_connections:
+            log.info(f"{client.prefix()}login attempt: db={client.dbname} user={client.username} "
+                     f"tls={client.tls or 'no'} replication={_REPL_TEXT[client.replication]}")
         if client.admin and client.admin_level == 0 and user is not None:
             if user.name in cfg.list_setting("admin_users"):
                 client.admin_level = 2

@@ -11,7 +11,7 @@ import hmac
 
 from pgbouncer_py.auth.scram import is_md5_secret, parse_scram_secret
 
-__all__ = ["is_md5_secret", "md5_response", "md5_secret", "md5_verify"]
+__all__ = ["is_md5_secret", "md5_check", "md5_response", "md5_secret", "md5_verify"]
 
 
 def _b(value: str | bytes) -> bytes:
@@ -58,3 +58,11 @@ def md5_verify(stored: str, user: str, salt: bytes, response: str) -> bool:
     else:
         return False
     return hmac.compare_digest(expected, got)
+
+
+def md5_check(stored: str, user: str, salt: bytes, response: bytes) -> bool:
+    """md5_verify for a client login, whose method chose MD5 because `stored` is not a SCRAM secret: `response` is
+    the bytes the client sent, without the NUL (the answer is the same as md5_verify's on their text: anything
+    but ASCII fails both). Three calls less per md5 login."""
+    expected = b"md5" + hashlib.md5(_first_step(stored, user) + salt).hexdigest().encode("ascii")
+    return hmac.compare_digest(expected, response)

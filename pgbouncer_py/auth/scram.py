@@ -5,7 +5,6 @@ Sans-I/O: ScramServer checks pooler clients, ScramClient logs in to PostgreSQL (
 
 from __future__ import annotations
 
-import base64
 import binascii
 import functools
 import hashlib
@@ -44,7 +43,7 @@ def is_md5_secret(text: str) -> bool:
         isinstance(text, str)
         and len(text) == 35
         and text.startswith("md5")
-        and all(c in _HEX for c in text[3:])
+        and _HEX.issuperset(text[3:])      # (one C call; a generator here stepped 32 times per md5 login)
     )
 
 
@@ -75,8 +74,12 @@ class ScramSecret:
 # primitives
 
 
+# base64.b64encode without its Python frame (5 calls per SCRAM login)
+_b64encode = functools.partial(binascii.b2a_base64, newline=False)
+
+
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    return _b64encode(data).decode("ascii")
 
 
 def _b64decode(text: str | bytes) -> bytes | None:
@@ -91,7 +94,7 @@ def _b64decode(text: str | bytes) -> bytes | None:
         data = binascii.a2b_base64(raw, strict_mode=True)
     except (binascii.Error, ValueError):
         return None
-    if base64.b64encode(data) != raw:
+    if _b64encode(data) != raw:
         return None  # non-canonical trailing bits
     return data
 
@@ -126,13 +129,18 @@ def _parse_iterations(text: str | bytes) -> int | None:
     return value
 
 
+# RFC 5802 'printable' bytes: 0x21..0x7E except ','
+_PRINTABLE = bytes(c for c in range(0x21, 0x7F) if c != 0x2C)
+
+
 def _is_printable_nonce(nonce: bytes) -> bool:
-    """RFC 5802 'printable': 0x21..0x7E except ','."""
-    return bool(nonce) and all(0x21 <= c <= 0x7E and c != 0x2C for c in nonce)
+    """RFC 5802 'printable': 0x21..0x7E except ','. (Deleting the printable bytes leaves nothing: one C call,
+    not a generator step per byte, ~30 per SCRAM login.)"""
+    return bool(nonce) and not nonce.translate(None, _PRINTABLE)
 
 
 def _new_nonce() -> bytes:
-    return base64.b64encode(secrets.token_bytes(NONCE_RAW_LEN))
+    return _b64encode(secrets.token_bytes(NONCE_RAW_LEN))
 
 
 def _check_nonce_arg(nonce: bytes | None) -> bytes:
@@ -332,7 +340,7 @@ class ScramServer:
         self._nonce = client_nonce + self._server_nonce
         s = self.secret
         self._server_first = (
-            b"r=" + self._nonce + b",s=" + base64.b64encode(s.salt) + b",i=" + str(s.iterations).encode()
+            b"r=" + self._nonce + b",s=" + _b64encode(s.salt) + b",i=" + str(s.iterations).encode()
         )
         self._state = "first"
         return self._server_first
@@ -367,7 +375,7 @@ class ScramServer:
         self.client_key = client_key
         self.server_key = s.server_key
         self._state = "done"
-        return b"v=" + base64.b64encode(_hmac(s.server_key, auth_message))
+        return b"v=" + _b64encode(_hmac(s.server_key, auth_message))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,7 +470,7 @@ class ScramClient:
         proof = _xor(client_key, _hmac(_h(client_key), auth_message))
         self._server_signature = _hmac(server_key, auth_message)
         self._state = "final"
-        return without_proof + b",p=" + base64.b64encode(proof)
+        return without_proof + b",p=" + _b64encode(proof)
 
     def verify_server_final(self, data: bytes) -> None:
         """Check server-final-message (AuthenticationSASLFinal); ScramError unless the signature is right."""
