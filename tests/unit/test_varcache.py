@@ -60,16 +60,20 @@ def test_quote_literal(value, quoted):
     assert varcache.quote_literal(value) == quoted
 
 
-@pytest.mark.parametrize("change", [
-    lambda d: d.__setitem__("TimeZone", "UTC"),
-    lambda d: d.__delitem__("DateStyle"),
-    lambda d: d.update(TimeZone="UTC"),
-    lambda d: d.__ior__({"TimeZone": "UTC"}),
-    lambda d: d.setdefault("IntervalStyle", "postgres"),
-    lambda d: d.pop("DateStyle"),
-    lambda d: d.popitem(),
-    lambda d: d.clear(),
-], ids=["set", "del", "update", "ior", "setdefault", "pop", "popitem", "clear"])
+# every mutator of a mapping: Values take a new version on each, a Shared refuses each
+MUTATORS = {
+    "set": lambda d: d.__setitem__("TimeZone", "UTC"),
+    "del": lambda d: d.__delitem__("DateStyle"),
+    "update": lambda d: d.update(TimeZone="UTC"),
+    "ior": lambda d: d.__ior__({"TimeZone": "UTC"}),
+    "setdefault": lambda d: d.setdefault("IntervalStyle", "postgres"),
+    "pop": lambda d: d.pop("DateStyle"),
+    "popitem": lambda d: d.popitem(),
+    "clear": lambda d: d.clear(),
+}
+
+
+@pytest.mark.parametrize("change", list(MUTATORS.values()), ids=list(MUTATORS))
 def test_values_take_a_new_version_on_every_change(change):
     d = varcache.Values({"DateStyle": "ISO, MDY"})
     other = varcache.Values({"DateStyle": "ISO, MDY"})
@@ -130,16 +134,7 @@ def test_share_is_bounded(monkeypatch):
     assert [dict(h) for h in held] == [{"application_name": str(i)} for i in range(10)]   # holders keep theirs
 
 
-@pytest.mark.parametrize("change", [
-    lambda d: d.__setitem__("TimeZone", "UTC"),
-    lambda d: d.__delitem__("DateStyle"),
-    lambda d: d.update(TimeZone="UTC"),
-    lambda d: d.__ior__({"TimeZone": "UTC"}),
-    lambda d: d.setdefault("IntervalStyle", "postgres"),
-    lambda d: d.pop("DateStyle"),
-    lambda d: d.popitem(),
-    lambda d: d.clear(),
-], ids=["set", "del", "update", "ior", "setdefault", "pop", "popitem", "clear"])
+@pytest.mark.parametrize("change", list(MUTATORS.values()), ids=list(MUTATORS))
 def test_shared_is_read_only(change):
     s = varcache.share({"DateStyle": "ISO, MDY", "TimeZone": "Asia/Tokyo"})
     version = s.version
