@@ -258,20 +258,22 @@ class Authenticator:
         if secret == "":
             # an empty stored password never authenticates anybody
             self.mock = True
-        secret_type = secret_kind(secret)
+        # the stored secret parsed once here, None when it is no SCRAM secret (secret_kind and _ask_scram parsed
+        # it three times per SCRAM login)
+        parsed = scram.parse_scram_secret(secret)
         if kind == "plain":
             self._ask_cleartext("plain")
         elif kind == "md5":
-            if secret_type == "scram":
-                self._ask_scram(secret)
+            if parsed is not None:
+                self._ask_scram(secret, parsed)
             else:
                 self._ask_md5()
         elif kind == "scram-sha-256":
-            if secret_type == "md5":
+            if parsed is None and md5auth.is_md5_secret(secret):
                 # an md5 secret cannot do SCRAM: run the exchange and fail it
                 self.mock = True
                 self.fail_log = "SCRAM authentication failed: user has MD5 secret"
-            self._ask_scram(secret)
+            self._ask_scram(secret, parsed)
         else:
             client.close(f"auth_type={kind} is not supported by pgbouncer-py", send_error=True)
 
@@ -288,7 +290,7 @@ class Authenticator:
         self.salt = os.urandom(4)
         self.client.transport.write(_MD5_REQUEST_HEAD + self.salt)
 
-    def _ask_scram(self, secret: str | None) -> None:
+    def _ask_scram(self, secret: str | None, parsed: scram.ScramSecret | None) -> None:
         self.method = "scram"
         self.fail_text = FAIL_SASL
         cfg = registry.cfg
@@ -301,7 +303,6 @@ class Authenticator:
             self.scram_server = scram.ScramServer(scram.ScramSecret(cfg.scram_iterations, salt, os.urandom(32),
                                                                     os.urandom(32)))
         else:
-            parsed = scram.parse_scram_secret(secret)
             self.scram_server = scram.ScramServer(parsed if parsed is not None else secret,
                                                   iterations=cfg.scram_iterations)
         self.client.transport.write(_SASL_REQUEST)
@@ -449,7 +450,7 @@ class Authenticator:
                     log.error(f"{self.client.prefix()}{self.fail_log}")
                     self._fail()
                     return
-                if self.user is not None and secret_kind(self.user.secret) == "scram":
+                if self.user is not None and scram.parse_scram_secret(self.user.secret) is not None:
                     # pass-through: the server login can now use these keys, without any password
                     self.user.scram_client_key = self.scram_server.client_key
                     self.user.scram_server_key = self.scram_server.server_key

@@ -99,8 +99,13 @@ def _b64decode(text: str | bytes) -> bytes | None:
     return data
 
 
-def _hmac(key: bytes, msg: bytes) -> bytes:
-    return hmac.digest(key, msg, "sha256")     # OpenSSL's one-shot HMAC, no Python HMAC object
+try:
+    from _hashlib import hmac_digest as _hmac_digest  # what hmac.digest calls for a named digest
+except ImportError:         # a Python built without OpenSSL
+    _hmac_digest = hmac.digest
+# OpenSSL's one-shot HMAC-SHA-256(key, msg): no Python HMAC object, and neither hmac.digest's frame nor one of our
+# own (2 calls per SCRAM login of a client, 2 per SCRAM login to a server)
+_hmac = functools.partial(_hmac_digest, digest="sha256")
 
 
 def _h(data: bytes) -> bytes:
