@@ -266,8 +266,10 @@ class Authenticator:
         elif kind == "md5":
             if parsed is not None:
                 self._ask_scram(secret, parsed)
-            else:
-                self._ask_md5()
+            else:       # (the md5 request written here: a method for it was a frame per login)
+                self.method = "md5"
+                self.salt = os.urandom(4)
+                client.transport.write(_MD5_REQUEST_HEAD + self.salt)
         elif kind == "scram-sha-256":
             if parsed is None and md5auth.is_md5_secret(secret):
                 # an md5 secret cannot do SCRAM: run the exchange and fail it
@@ -284,11 +286,6 @@ class Authenticator:
         elif method == "ldap":
             self.fail_text = FAIL_LDAP
         self.client.transport.write(build.auth_request(C.AUTH_CLEARTEXT))
-
-    def _ask_md5(self) -> None:
-        self.method = "md5"
-        self.salt = os.urandom(4)
-        self.client.transport.write(_MD5_REQUEST_HEAD + self.salt)
 
     def _ask_scram(self, secret: str | None, parsed: scram.ScramSecret | None) -> None:
         self.method = "scram"
