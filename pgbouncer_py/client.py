@@ -849,9 +849,9 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.phase = PH_CLOSED
         self.closing_reason = reason
         cfg = registry.cfg
-        if not quiet and cfg.log_disconnections:
+        if not quiet and cfg.log_disconnections:      # (log.write: log.info's frame less, once per client)
             age = int(time.monotonic() - self.created)
-            log.info(f"{self.prefix()}closing because: {reason} (age={age}s)")
+            log.write("LOG", f"{self.prefix()}closing because: {reason} (age={age}s)")
         if send_error and cfg.log_pooler_errors and not quiet:
             log.warning(f"{self.prefix()}pooler error: {reason}")
         t = self.transport

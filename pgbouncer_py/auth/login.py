@@ -22,6 +22,10 @@ _REPL_TEXT = {"none": "no", "physical": "yes", "logical": "database"}
 # AuthenticationMD5Password up to its salt, built once (build.auth_request: two calls per md5 login)
 _MD5_REQUEST_HEAD = build.auth_request(C.AUTH_MD5, b"\0\0\0\0")[:-4]
 _SASL_REQUEST = build.auth_request(C.AUTH_SASL, b"SCRAM-SHA-256\0\0")
+# AuthenticationSASLContinue / SASLFinal bodies up to their data: build.msg(b"R", head + data) is build.auth_request
+# without its frame (2 per SCRAM login)
+_SASL_CONTINUE_HEAD = build.auth_request(C.AUTH_SASL_CONTINUE)[5:]
+_SASL_FINAL_HEAD = build.auth_request(C.AUTH_SASL_FINAL)[5:]
 
 # failure texts sent to the client, as PgBouncer words them
 FAIL_PASSWORD = "password authentication failed"
@@ -440,7 +444,7 @@ class Authenticator:
                     return
                 reply = self.scram_server.handle_client_first(data)
                 self.scram_stage = 1
-                self.client.transport.write(build.auth_request(C.AUTH_SASL_CONTINUE, reply))
+                self.client.transport.write(build.msg(b"R", _SASL_CONTINUE_HEAD + reply))
             else:
                 final = self.scram_server.handle_client_final(body)
                 if self.mock:
@@ -451,7 +455,7 @@ class Authenticator:
                     # pass-through: the server login can now use these keys, without any password
                     self.user.scram_client_key = self.scram_server.client_key
                     self.user.scram_server_key = self.scram_server.server_key
-                self.client.transport.write(build.auth_request(C.AUTH_SASL_FINAL, final))
+                self.client.transport.write(build.msg(b"R", _SASL_FINAL_HEAD + final))
                 self._ok(self.user)
         except scram.ScramAuthFailed:
             log.error(f"{self.client.prefix()}{self.fail_log}")
@@ -480,8 +484,8 @@ class Authenticator:
                 return False
         else:
             client.login_user = client.username
-        if cfg.log_connections:
-            log.info(f"{client.prefix()}login attempt: db={client.dbname} user={client.username} "
+        if cfg.log_connections:         # (log.write: log.info's frame less)
+            log.write("LOG", f"{client.prefix()}login attempt: db={client.dbname} user={client.username} "
                      f"tls={client.tls or 'no'} replication={_REPL_TEXT[client.replication]}")
         if client.admin and client.admin_level == 0 and user is not None:
             if user.name in cfg.list_setting("admin_users"):
