@@ -186,7 +186,11 @@ class Client(LinkedFlow, asyncio.Protocol):
         db = self.db
         dbname = db.name if db is not None and not db.fake else "(nodb)"
         user = self.login_user or (self.username if self.user is not None else "(nouser)")
-        return f"C-0x{id(self):x}: {dbname}/{user}@{format_addr(self.addr, self.port, self.is_unix, self.peer_pid)} "
+        addr = self.addr
+        if not self.is_unix and ":" not in addr:
+            # IPv4: format_addr's answer written out (it was called twice per login)
+            return f"C-0x{id(self):x}: {dbname}/{user}@{addr}:{self.port} "
+        return f"C-0x{id(self):x}: {dbname}/{user}@{format_addr(addr, self.port, self.is_unix, self.peer_pid)} "
 
     @property
     def startup_params(self) -> dict[str, str]:
@@ -208,9 +212,11 @@ class Client(LinkedFlow, asyncio.Protocol):
         that is copied into a Values of its own first (unless the value is already the one it has)."""
         v = self.vars
         if v.__class__ is varcache.Shared:
-            if v.get(name) == value:
-                return
-            v = self.vars = varcache.Values(v)
+            if v.get(name) != value:
+                # the copy made with the new value in it: one call less than a copy and a __setitem__ (every
+                # login that sends client_encoding or another tracked parameter)
+                self.vars = varcache.Values({**v, name: value})
+            return
         v[name] = value
 
     @property
@@ -425,7 +431,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         if code == C.SSL_REQUEST_CODE:
             if self.tls:
                 raise ProtocolError("client re-sent startup pkt")
-            if tls.client_tls_enabled() and not self.is_unix:
+            if tls.state.client_ctx is not None and not self.is_unix:     # (tls.client_tls_enabled() inline)
                 if self.startup_buf:
                     # bytes sent after SSLRequest before the handshake would be read as if they came
                     # through TLS (CVE-2021-3935): refuse them
@@ -843,9 +849,9 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.phase = PH_CLOSED
         self.closing_reason = reason
         cfg = registry.cfg
-        if not quiet and cfg.log_disconnections:
+        if not quiet and cfg.log_disconnections:      # (log.write: log.info's frame less, once per client)
             age = int(time.monotonic() - self.created)
-            log.info(f"{self.prefix()}closing because: {reason} (age={age}s)")
+            log.write("LOG", f"{self.prefix()}closing because: {reason} (age={age}s)")
         if send_error and cfg.log_pooler_errors and not quiet:
             log.warning(f"{self.prefix()}pooler error: {reason}")
         t = self.transport

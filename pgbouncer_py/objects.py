@@ -301,11 +301,9 @@ class Registry:
         and our 14-bit peer id, so any process of a so_reuseport group can route a cancel request to us."""
         peer_id = int(getattr(self.cfg, "peer_id", 0) or 0)
         while True:
-            key = bytearray(os.urandom(8))
+            key = os.urandom(8)
             if peer_id:
-                key[0] = 0xC0 | ((peer_id >> 8) & 0x3F)
-                key[1] = peer_id & 0xFF
-            key = bytes(key)
+                key = bytes((0xC0 | ((peer_id >> 8) & 0x3F), peer_id & 0xFF)) + key[2:]
             if key not in self.cancel_keys:
                 return key
 

@@ -22,6 +22,10 @@ _REPL_TEXT = {"none": "no", "physical": "yes", "logical": "database"}
 # AuthenticationMD5Password up to its salt, built once (build.auth_request: two calls per md5 login)
 _MD5_REQUEST_HEAD = build.auth_request(C.AUTH_MD5, b"\0\0\0\0")[:-4]
 _SASL_REQUEST = build.auth_request(C.AUTH_SASL, b"SCRAM-SHA-256\0\0")
+# AuthenticationSASLContinue / SASLFinal bodies up to their data: build.msg(b"R", head + data) is build.auth_request
+# without its frame (2 per SCRAM login)
+_SASL_CONTINUE_HEAD = build.auth_request(C.AUTH_SASL_CONTINUE)[5:]
+_SASL_FINAL_HEAD = build.auth_request(C.AUTH_SASL_FINAL)[5:]
 
 # failure texts sent to the client, as PgBouncer words them
 FAIL_PASSWORD = "password authentication failed"
@@ -258,20 +262,24 @@ class Authenticator:
         if secret == "":
             # an empty stored password never authenticates anybody
             self.mock = True
-        secret_type = secret_kind(secret)
+        # the stored secret parsed once here, None when it is no SCRAM secret (secret_kind and _ask_scram parsed
+        # it three times per SCRAM login)
+        parsed = scram.parse_scram_secret(secret)
         if kind == "plain":
             self._ask_cleartext("plain")
         elif kind == "md5":
-            if secret_type == "scram":
-                self._ask_scram(secret)
-            else:
-                self._ask_md5()
+            if parsed is not None:
+                self._ask_scram(secret, parsed)
+            else:       # (the md5 request written here: a method for it was a frame per login)
+                self.method = "md5"
+                self.salt = os.urandom(4)
+                client.transport.write(_MD5_REQUEST_HEAD + self.salt)
         elif kind == "scram-sha-256":
-            if secret_type == "md5":
+            if parsed is None and md5auth.is_md5_secret(secret):
                 # an md5 secret cannot do SCRAM: run the exchange and fail it
                 self.mock = True
                 self.fail_log = "SCRAM authentication failed: user has MD5 secret"
-            self._ask_scram(secret)
+            self._ask_scram(secret, parsed)
         else:
             client.close(f"auth_type={kind} is not supported by pgbouncer-py", send_error=True)
 
@@ -283,12 +291,7 @@ class Authenticator:
             self.fail_text = FAIL_LDAP
         self.client.transport.write(build.auth_request(C.AUTH_CLEARTEXT))
 
-    def _ask_md5(self) -> None:
-        self.method = "md5"
-        self.salt = os.urandom(4)
-        self.client.transport.write(_MD5_REQUEST_HEAD + self.salt)
-
-    def _ask_scram(self, secret: str | None) -> None:
+    def _ask_scram(self, secret: str | None, parsed: scram.ScramSecret | None) -> None:
         self.method = "scram"
         self.fail_text = FAIL_SASL
         cfg = registry.cfg
@@ -301,7 +304,6 @@ class Authenticator:
             self.scram_server = scram.ScramServer(scram.ScramSecret(cfg.scram_iterations, salt, os.urandom(32),
                                                                     os.urandom(32)))
         else:
-            parsed = scram.parse_scram_secret(secret)
             self.scram_server = scram.ScramServer(parsed if parsed is not None else secret,
                                                   iterations=cfg.scram_iterations)
         self.client.transport.write(_SASL_REQUEST)
@@ -442,18 +444,18 @@ class Authenticator:
                     return
                 reply = self.scram_server.handle_client_first(data)
                 self.scram_stage = 1
-                self.client.transport.write(build.auth_request(C.AUTH_SASL_CONTINUE, reply))
+                self.client.transport.write(build.msg(b"R", _SASL_CONTINUE_HEAD + reply))
             else:
                 final = self.scram_server.handle_client_final(body)
                 if self.mock:
                     log.error(f"{self.client.prefix()}{self.fail_log}")
                     self._fail()
                     return
-                if self.user is not None and secret_kind(self.user.secret) == "scram":
+                if self.user is not None and scram.parse_scram_secret(self.user.secret) is not None:
                     # pass-through: the server login can now use these keys, without any password
                     self.user.scram_client_key = self.scram_server.client_key
                     self.user.scram_server_key = self.scram_server.server_key
-                self.client.transport.write(build.auth_request(C.AUTH_SASL_FINAL, final))
+                self.client.transport.write(build.msg(b"R", _SASL_FINAL_HEAD + final))
                 self._ok(self.user)
         except scram.ScramAuthFailed:
             log.error(f"{self.client.prefix()}{self.fail_log}")
@@ -482,8 +484,8 @@ class Authenticator:
                 return False
         else:
             client.login_user = client.username
-        if cfg.log_connections:
-            log.info(f"{client.prefix()}login attempt: db={client.dbname} user={client.username} "
+        if cfg.log_connections:         # (log.write: log.info's frame less)
+            log.write("LOG", f"{client.prefix()}login attempt: db={client.dbname} user={client.username} "
                      f"tls={client.tls or 'no'} replication={_REPL_TEXT[client.replication]}")
         if client.admin and client.admin_level == 0 and user is not None:
             if user.name in cfg.list_setting("admin_users"):

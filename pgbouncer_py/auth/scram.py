@@ -9,6 +9,7 @@ import binascii
 import functools
 import hashlib
 import hmac
+import os
 import secrets
 from dataclasses import dataclass
 
@@ -99,8 +100,13 @@ def _b64decode(text: str | bytes) -> bytes | None:
     return data
 
 
-def _hmac(key: bytes, msg: bytes) -> bytes:
-    return hmac.digest(key, msg, "sha256")     # OpenSSL's one-shot HMAC, no Python HMAC object
+try:
+    from _hashlib import hmac_digest as _hmac_digest  # what hmac.digest calls for a named digest
+except ImportError:         # a Python built without OpenSSL
+    _hmac_digest = hmac.digest
+# OpenSSL's one-shot HMAC-SHA-256(key, msg): no Python HMAC object, and neither hmac.digest's frame nor one of our
+# own (2 calls per SCRAM login of a client, 2 per SCRAM login to a server)
+_hmac = functools.partial(_hmac_digest, digest="sha256")
 
 
 def _h(data: bytes) -> bytes:
@@ -140,7 +146,8 @@ def _is_printable_nonce(nonce: bytes) -> bool:
 
 
 def _new_nonce() -> bytes:
-    return _b64encode(secrets.token_bytes(NONCE_RAW_LEN))
+    # (os.urandom is what secrets.token_bytes returns, without its two Python frames)
+    return _b64encode(os.urandom(NONCE_RAW_LEN))
 
 
 def _check_nonce_arg(nonce: bytes | None) -> bytes:
@@ -326,11 +333,15 @@ class ScramServer:
             rest = parts[2:]
             if rest and rest[0].startswith(b"m="):
                 raise ScramError("client requires an unsupported SCRAM extension")
-            _expect(rest, 0, b"n", "client-first-message")  # user name: PostgreSQL ignores it
-            client_nonce = _expect(rest, 1, b"r", "client-first-message")
+            if len(rest) >= 2 and rest[0].startswith(b"n=") and rest[1].startswith(b"r="):
+                client_nonce = rest[1][2:]      # the usual message (the checks of two _expect calls)
+            else:
+                _expect(rest, 0, b"n", "client-first-message")  # user name: PostgreSQL ignores it
+                client_nonce = _expect(rest, 1, b"r", "client-first-message")
             if not _is_printable_nonce(client_nonce):
                 raise ScramError("malformed SCRAM message (non-printable characters in nonce)")
-            _check_extensions(rest[2:], "client-first-message")
+            if len(rest) > 2:
+                _check_extensions(rest[2:], "client-first-message")
         except ScramError as e:
             raise self._fail(str(e)) from None
         self._gs2_header = cbind + b",,"
@@ -351,16 +362,21 @@ class ScramServer:
             raise self._fail("SCRAM client-final-message out of order")
         try:
             parts = _split(data, "client-final-message")
-            cbind = _b64decode(_expect(parts, 0, b"c", "client-final-message"))
-            if cbind is None:
-                raise ScramError("malformed SCRAM message (invalid channel-binding data)")
-            if cbind != self._gs2_header:
-                raise ScramError("unexpected SCRAM channel-binding attribute in client-final-message")
-            if _expect(parts, 1, b"r", "client-final-message") != self._nonce:
-                raise ScramError("SCRAM nonce mismatch")
+            # the usual message starts c=<our gs2 header in base64>,r=<our nonce> (base64 has one canonical
+            # form, which _b64decode insists on): known without two _expect and a _b64decode call
+            if len(parts) < 2 or parts[0] != b"c=" + _b64encode(self._gs2_header) or \
+                    parts[1] != b"r=" + self._nonce:
+                cbind = _b64decode(_expect(parts, 0, b"c", "client-final-message"))
+                if cbind is None:
+                    raise ScramError("malformed SCRAM message (invalid channel-binding data)")
+                if cbind != self._gs2_header:
+                    raise ScramError("unexpected SCRAM channel-binding attribute in client-final-message")
+                if _expect(parts, 1, b"r", "client-final-message") != self._nonce:
+                    raise ScramError("SCRAM nonce mismatch")
             if len(parts) < 3 or not parts[-1].startswith(b"p="):
                 raise ScramError("malformed SCRAM message (proof expected at end of client-final-message)")
-            _check_extensions(parts[2:-1], "client-final-message")
+            if len(parts) > 3:
+                _check_extensions(parts[2:-1], "client-final-message")
             proof = _b64decode(parts[-1][2:])
             if proof is None or len(proof) != KEY_LEN:
                 raise ScramError("malformed SCRAM message (malformed proof in client-final-message)")
@@ -368,7 +384,7 @@ class ScramServer:
             raise self._fail(str(e)) from None
         without_proof = bytes(data)[: -(len(parts[-1]) + 1)]
         auth_message = self._client_first_bare + b"," + self._server_first + b"," + without_proof
-        s = self.secret
+        s = self._secret        # (handle_client_first made it, if it was a password: no property call)
         client_key = _xor(proof, _hmac(s.stored_key, auth_message))
         if not hmac.compare_digest(_h(client_key), s.stored_key):
             raise self._fail("invalid SCRAM client proof (wrong password)", ScramAuthFailed)
