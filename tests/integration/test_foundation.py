@@ -12,7 +12,7 @@ import time
 import psycopg
 import psycopg.errors
 import pytest
-from pgutil import MD5_ROLE, SCRAM_ROLE, find_pg_bindir, wait_until
+from pgutil import MD5_ROLE, SCRAM_ROLE, find_pg_bindir, listen_backlog, wait_until
 
 
 @pytest.mark.parametrize("user", [MD5_ROLE, SCRAM_ROLE])
@@ -175,14 +175,10 @@ def test_bad_config_at_startup_exits_with_pgbouncers_message(tmp_path):
     assert "FATAL cannot load config file" in out.stderr
 
 
-def _listen_backlog(port: int) -> int:
-    """The accept-queue limit the kernel has for the listening TCP socket on `port` (ss's Send-Q column)."""
-    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
-    return int(out.split()[2])
-
-
-def test_listen_backlog_is_the_configured_one(pooler_factory):
+@pytest.mark.parametrize("binary", ["py", "c"])
+def test_listen_backlog_is_the_configured_one(pooler_factory, binary):
     # the event loop listen()s again when it starts serving a socket (asyncio's default backlog is 100):
-    # the pooler must pass listen_backlog on, or a connection storm overflows a shorter queue than configured
-    p = pooler_factory({"listen_backlog": "77"})
-    assert _listen_backlog(p.port) == 77
+    # the pooler must pass listen_backlog on, or a connection storm overflows a shorter queue than configured;
+    # PgBouncer's accept queue is the configured one
+    p = pooler_factory.start({"listen_backlog": "77"}, binary=binary)
+    assert listen_backlog(p.port) == 77
