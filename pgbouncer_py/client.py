@@ -18,11 +18,11 @@ from pgbouncer_py.netutil import addr_of, format_addr, local_addr_of, peer_cred,
 from pgbouncer_py.objects import (
     CL_ACTIVE,
     CL_ACTIVE_CANCEL,
-    CL_FREE,
     CL_WAITING,
     CL_WAITING_LOGIN,
     Database,
     client_arrived,
+    client_gone,
     client_logged_in,
     link_idle_fast,
     registry,
@@ -632,7 +632,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.db = db
         self.phase = PH_AUTH
         self.startup_buf = b""        # (_startup_data holds the buffer it works on)
-        self.reader = MessageReader(max_size=min(cfg.max_packet_size, C.MAX_PASSWORD + 1024), skip_oversize=True)
+        # self.reader stays None: the usual login reads each auth message whole, without one (_auth_data)
         self.auth = login.Authenticator(self)
         self.auth.start()
 
@@ -657,16 +657,16 @@ class Client(LinkedFlow, asyncio.Protocol):
             raise ProtocolError("unexpected data during login")
         reader = self.reader
         n = len(data)
-        if n >= 5 and not reader.buf and not reader.drop and 4 <= _unpack_len(data, 1)[0] == n - 1 <= reader.max_size:
-            # the usual read: exactly one whole message (the password, a SCRAM step), handed over without the
-            # reader's feed / next / next / take_rest (4 calls per exchange step)
+        max_size = min(registry.cfg.max_packet_size, C.MAX_PASSWORD + 1024)
+        if reader is None and n >= 5 and 4 <= _unpack_len(data, 1)[0] == n - 1 <= max_size:
+            # the usual read: exactly one whole message (the password, a SCRAM step), handed over without a
+            # MessageReader (made only when a message comes in pieces, or several at once)
             self.auth.message(data[0], bytes(data[5:]))
-            if self.phase == PH_WAIT_LOGIN or self.phase == PH_WORK:
-                if not self.admin:
-                    self.reader = None
-                else:
-                    reader.skip_oversize = False
+            if self.admin and (self.phase == PH_WAIT_LOGIN or self.phase == PH_WORK):
+                self.reader = MessageReader(max_size=max_size)      # the console reads messages one by one
             return
+        if reader is None:
+            self.reader = reader = MessageReader(max_size=max_size, skip_oversize=True)
         reader.feed(data)
         while self.phase == PH_AUTH and self.auth is not None:
             m = reader.next()
@@ -884,7 +884,7 @@ class Client(LinkedFlow, asyncio.Protocol):
             pooling.client_unlinked_by_close(self, server)
         if self.console is not None:
             self.console.closed()
-        set_client_state(self, CL_FREE)
+        client_gone(self)
 
 
 def _client_at(client, data, pos: int, end: int) -> int:
