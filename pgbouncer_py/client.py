@@ -87,6 +87,14 @@ def _shared_packet(pkt: bytes) -> bytes:
     return kept
 
 
+# startup packets met before under a config, and what their parse and parameter checks gave: clients of one
+# application send the same bytes, so a login usually skips both (~300 bytecodes). packet -> (cfg, user name,
+# database name, vars: a varcache.Shared, the kept packet). Only packets whose handling had no other effect are
+# kept (no options, replication, ignored or _pq_ parameter, minor protocol version, or a log line). Bounded like
+# _packets: when full it starts over.
+_startups: dict[bytes, tuple] = {}
+STARTUPS_MAX = 4096
+
 # finish_login's welcome (ParameterStatus messages), built once per (server welcome, config, client values)
 _welcome_cache: dict = {}
 
@@ -406,6 +414,13 @@ class Client(LinkedFlow, asyncio.Protocol):
         buf = self.startup_buf
         if not buf and len(data) >= 8 and len(data) == _unpack_len(data, 0)[0] and len(data) <= C.MAX_STARTUP_PACKET:
             # the usual case: one whole packet in one read (SSLRequest, then the startup packet)
+            hit = _startups.get(data) if data.__class__ is bytes else None
+            if hit is not None and hit[0] is registry.cfg and (tls.state.client_ctx is None or self.tls or
+                                                               self.is_unix):
+                # met before under this config (and no TLS requirement to check): what it gave then
+                self.username, self.dbname, self.vars, self._startup = hit[1], hit[2], hit[3], hit[4]
+                self._find_database()
+                return
             self._startup_packet(bytes(data))
             return
         buf += data
@@ -539,12 +554,14 @@ class Client(LinkedFlow, asyncio.Protocol):
             if lk == "replication":
                 self._replication_param(value)
         unsupported_minor = []
+        plain = self.replication == "none"      # (may its outcome be kept in _startups)
         for key, lk, value in lowered:
             if lk == "user" or lk == "database" or lk == "replication":
                 continue
             if lk in CANONICAL:
                 self.set_var(CANONICAL[lk], value)
             elif lk == "options":
+                plain = False
                 if self.replication == "none":
                     self._startup_options(value, ignore)
                 # a replication client's options go verbatim to its own server (replication_options)
@@ -553,6 +570,7 @@ class Client(LinkedFlow, asyncio.Protocol):
             elif key.startswith("_pq_."):
                 unsupported_minor.append(key)
             elif lk in ignore:
+                plain = False
                 log.debug(f"{self.prefix()}ignoring startup parameter: {key}={value}")
                 continue
             else:
@@ -560,6 +578,13 @@ class Client(LinkedFlow, asyncio.Protocol):
         self._startup = _shared_packet(pkt) if pkt is not None else params
         if (version & 0xFFFF) > 0 or unsupported_minor:
             self.transport.write(build.negotiate_protocol_version(0, unsupported_minor))
+        elif plain and pkt is not None and len(pkt) <= SHARED_PACKET_MAX_LEN:
+            # the next client that sends these bytes under this config skips all of the above; this one and they
+            # hold one read-only copy of the values (Client.set_var copies it on a change)
+            self.vars = varcache.share(self.vars)
+            if len(_startups) >= STARTUPS_MAX:
+                _startups.clear()
+            _startups[self._startup] = (cfg, user, self.dbname, self.vars, self._startup)
         self._find_database()
 
     def _replication_param(self, value: str) -> None:

@@ -5,6 +5,7 @@ afterwards. No socket, no PostgreSQL; the whole file runs in well under a second
 
 from __future__ import annotations
 
+import re
 import struct
 
 import pytest
@@ -28,6 +29,8 @@ from pgpeer import (
 )
 
 from pgbouncer_py import varcache
+from pgbouncer_py.config import load_config
+from pgbouncer_py.net import tls
 from pgbouncer_py.objects import registry
 from pgbouncer_py.proto import build
 from pgbouncer_py.statements import NO_STATEMENTS
@@ -132,6 +135,69 @@ def test_clients_keep_one_copy_of_the_same_startup_packet(make):
     c.send(md5_password("secret", "app", out[9:13]))
     assert c.protocol._startup == startup("app", "app", application_name="other") and c.state == "active"
     assert c.protocol.startup_params == {"user": "app", "database": "app", "application_name": "other"}
+
+
+# startup packets a client may send twice: the second login skips the parse and the checks (client._startups)
+# and must end the same as the first: welcome, values, names, log lines
+REPEATS = [
+    # extra ini lines, startup parameters, what both logins log besides the login attempt
+    ("", {}, []),
+    ("", {"application_name": "x", "DateStyle": "ISO, DMY"}, []),
+    ("", {"IntervalStyle": "iso_8601"}, []),                       # tracked by default (track_extra_parameters)
+    ("", {"client_encoding": "UTF8", "TimeZone": "UTC", "standard_conforming_strings": "on"}, []),
+    ("verbose = 1\nignore_startup_parameters = extra_float_digits", {"extra_float_digits": "2"},
+     ["ignoring startup parameter: extra_float_digits=2"]),        # logged every time: never kept
+    ("verbose = 1", {"options": "-c DateStyle=ISO"}, ["received options: -c DateStyle=ISO"]),
+]
+
+
+@pytest.mark.parametrize("extra, params, lines", REPEATS)
+def test_the_same_startup_packet_twice(make, extra, params, lines):
+    h = make(pool_mode="transaction", extra=extra)
+    seen = []
+    for _ in range(2):
+        c = h.client()
+        before = len(h.logs)
+        out = c.send(startup("app", "app", **params))
+        out += c.send(md5_password("secret", "app", out[9:13]))
+        assert c.state == "active", out
+        key = key_of(out)
+        p = c.protocol
+        logged = [re.sub(r"C-0x[0-9a-f]+: (\S+)@127\.0\.0\.1:\d+ ", r"\1 ", line) for line in h.logs[before:]
+                  if "C-0x" in line]
+        seen.append((out[:9], out[13:].replace(key, b"KEY"), dict(p.vars), p.username, p.dbname, p.startup_params,
+                     logged))
+        assert [x for x in lines if not any(x in line for line in logged)] == []
+    assert seen[0] == seen[1]
+
+
+def test_a_startup_packet_met_before_is_checked_again_after_reload(make):
+    """The second login of a packet reuses the first one's checks only under the same config: after a RELOAD
+    that stops tracking search_path, the same packet is refused as PgBouncer refuses it."""
+    h = make(pool_mode="transaction", extra="track_extra_parameters = search_path")
+    pkt = startup("app", "app", search_path="s1")
+    for _ in range(2):
+        c = h.client()
+        c.send(md5_password("secret", "app", c.send(pkt)[9:13]))
+        assert c.state == "active" and c.protocol.vars["search_path"] == "s1"
+    ini = h.tmp / "pgbouncer.ini"
+    ini.write_text(ini.read_text().replace("track_extra_parameters = search_path", "track_extra_parameters ="))
+    h.pooler.loader.apply(load_config(str(ini)))
+    c2 = h.client()
+    assert errors(c2.send(pkt)) == [("FATAL", "08P01", "unsupported startup parameter: search_path")]
+
+
+def test_a_startup_packet_met_before_still_needs_tls_when_required(make, monkeypatch):
+    """client_tls_sslmode=require refuses a plaintext client whatever startup packet it sends, one met before
+    included."""
+    h = make(pool_mode="transaction")
+    c = h.client()
+    c.send(md5_password("secret", "app", c.send(startup("app", "app"))[9:13]))
+    assert c.state == "active"
+    monkeypatch.setattr(tls.state, "client_ctx", object())
+    monkeypatch.setattr(tls.state, "client_mode", "require")
+    c2 = h.client()
+    assert errors(c2.send(startup("app", "app"))) == [("FATAL", "08P01", "SSL required")]
 
 
 # PostgreSQL's password for user app (None: trust), what the first client gets after AuthenticationOk
