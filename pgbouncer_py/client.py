@@ -414,6 +414,9 @@ class Client(LinkedFlow, asyncio.Protocol):
         buf = self.startup_buf
         if not buf and len(data) >= 8 and len(data) == _unpack_len(data, 0)[0] and len(data) <= C.MAX_STARTUP_PACKET:
             # the usual case: one whole packet in one read (SSLRequest, then the startup packet)
+            if data == _SSL_REQUEST and tls.state.client_ctx is None and not self.tls:
+                self.transport.write(b"N")      # (_startup_packet's answer when TLS is off, one frame less)
+                return
             hit = _startups.get(data) if data.__class__ is bytes else None
             if hit is not None and hit[0] is registry.cfg and (tls.state.client_ctx is None or self.tls or
                                                                self.is_unix):

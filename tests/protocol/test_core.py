@@ -12,6 +12,8 @@ import pytest
 from pgpeer import (
     CANCEL_CODE,
     CANCELED,
+    GSS_CODE,
+    SSL_CODE,
     WELCOME_PARAMS,
     PoolerHarness,
     Script,
@@ -135,6 +137,18 @@ def test_clients_keep_one_copy_of_the_same_startup_packet(make):
     c.send(md5_password("secret", "app", out[9:13]))
     assert c.protocol._startup == startup("app", "app", application_name="other") and c.state == "active"
     assert c.protocol.startup_params == {"user": "app", "database": "app", "application_name": "other"}
+
+
+@pytest.mark.parametrize("first", [[SSL_CODE], [GSS_CODE], [SSL_CODE, GSS_CODE], [GSS_CODE, SSL_CODE]])
+def test_encryption_requests_answered_no_without_tls(make, first):
+    """client TLS off: SSLRequest and GSSENCRequest are answered 'N' and the startup packet that follows logs in
+    (libpq's sslmode=prefer and gssencmode=prefer)."""
+    h = make(pool_mode="transaction")
+    c = h.client()
+    for code in first:
+        assert c.send(struct.pack("!II", 8, code)) == b"N"
+    out = c.login(password="secret")
+    assert out == welcome(key_of(out)) and c.state == "active"
 
 
 # startup packets a client may send twice: the second login skips the parse and the checks (client._startups)
