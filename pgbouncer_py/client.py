@@ -710,14 +710,15 @@ class Client(LinkedFlow, asyncio.Protocol):
             if rest:
                 self.data_received(rest)
 
-    def auth_ok(self, user, pool_user=None) -> None:
-        """Authentication succeeded: finish login now or when the pool has a server."""
+    def auth_ok(self, user, pool_user=None, head: bytes = b"") -> None:
+        """Authentication succeeded: finish login now or when the pool has a server. `head` (the exchange's last
+        message, SASLFinal) goes out first, in the same write as AuthenticationOk."""
         cfg = registry.cfg
         self.auth = None
         self.user = user
         self.db.stats.client_login_count += 1
         if self.admin:
-            self.transport.write(_AUTH_OK)
+            self.transport.write(head + _AUTH_OK)
             self.pool = registry.get_pool(registry.admin_db, registry.admin_user)
             self.console = hooks.new_console(self)
             self.cancel_key = registry.new_cancel_key()
@@ -740,19 +741,19 @@ class Client(LinkedFlow, asyncio.Protocol):
         if pool.welcome_params is not None and not pool.welcome_stale:
             # a refused server login is told at the first query (pooling.fast_fail); a replication client gets
             # its server at its first command. AuthenticationOk goes out with the welcome, in one write.
-            self.finish_login(auth_ok=True)
+            self.finish_login(first=head + _AUTH_OK)
             return
         # the first login of the pool (for a replication client: its own server) brings the welcome
-        self.transport.write(_AUTH_OK)
+        self.transport.write(head + _AUTH_OK)
         self.phase = PH_WAIT_LOGIN
         self.wait_start = time.monotonic()
         set_client_state(self, CL_WAITING_LOGIN)
         pooling.launch_new_connection(pool, force=not pool.login_servers or self.replication != "none")
 
-    def finish_login(self, server=None, auth_ok: bool = False) -> None:
-        """Send the welcome (ParameterStatus, BackendKeyData, ReadyForQuery; after AuthenticationOk when
-        `auth_ok`) and enter the work phase; a replication client whose server brought the welcome is linked to
-        that `server` for good."""
+    def finish_login(self, server=None, first: bytes = b"") -> None:
+        """Send the welcome (ParameterStatus, BackendKeyData, ReadyForQuery; after `first`, AuthenticationOk when
+        it was not sent yet) and enter the work phase; a replication client whose server brought the welcome is
+        linked to that `server` for good."""
         cfg = registry.cfg
         cvars = self.vars
         if cfg.application_name_add_host and "application_name" in cvars:
@@ -788,8 +789,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         else:       # it also set an untracked one (e.g. IntervalStyle with track_extra_parameters emptied)
             self.vars = varcache.share({**cvars, **hit[3]})
         # (one write: one uvloop write and one send(2) less per login than AuthenticationOk on its own)
-        self.transport.write(b"".join((_AUTH_OK, hit[2], _KEY_HEAD, self.cancel_key, _RFQ_IDLE)) if auth_ok
-                             else hit[2] + _KEY_HEAD + self.cancel_key + _RFQ_IDLE)
+        self.transport.write(b"".join((first, hit[2], _KEY_HEAD, self.cancel_key, _RFQ_IDLE)))
         self.phase = PH_WORK
         client_logged_in(self)
         if metrics.recorder is not None:

@@ -31,6 +31,7 @@ from pgpeer import (
 )
 
 from pgbouncer_py import varcache
+from pgbouncer_py.auth.scram import ScramClient
 from pgbouncer_py.config import load_config
 from pgbouncer_py.net import tls
 from pgbouncer_py.objects import registry
@@ -212,6 +213,39 @@ def test_a_startup_packet_met_before_still_needs_tls_when_required(make, monkeyp
     monkeypatch.setattr(tls.state, "client_mode", "require")
     c2 = h.client()
     assert errors(c2.send(startup("app", "app"))) == [("FATAL", "08P01", "SSL required")]
+
+
+# SCRAM logins: what the client gets after its client-final-message (the auth_file holds a plain password)
+SCRAM_LOGINS = [
+    # database, password, error (None: welcome), the server signature sent
+    ("app", "secret", None, True),
+    ("nope", "secret", "no such database: nope", True),     # named only after the exchange, as PgBouncer does
+    ("app", "wrong", "SASL authentication failed", False),
+]
+
+
+@pytest.mark.parametrize("database, password, error, signed", SCRAM_LOGINS)
+def test_scram_login(make, database, password, error, signed):
+    """SASLFinal (server signature), AuthenticationOk and the welcome reach the client in this order; an unknown
+    database is refused after a signed exchange, a wrong proof without a signature."""
+    h = make(auth_type="scram-sha-256")
+    c = h.client()
+    out = c.send(startup("app", database))
+    assert out == build.auth_request(10, build.cstr("SCRAM-SHA-256") + b"\0")
+    client = ScramClient("", password=password)
+    out = c.send(build.sasl_initial_response("SCRAM-SHA-256", client.client_first()))
+    assert out[:1] == b"R" and out[5:9] == struct.pack("!I", 11)       # AuthenticationSASLContinue
+    out = c.send(build.msg(b"p", client.client_final(out[9:])))
+    msgs = split_messages(out)
+    if signed:
+        assert msgs[0][0] == b"R" and msgs[0][1][:4] == struct.pack("!I", 12)
+        client.verify_server_final(msgs[0][1][4:])
+        msgs = msgs[1:]
+    if error is not None:
+        assert msgs == split_messages(build.error_response(error, "08P01", "FATAL")) and c.transport.closed
+        return
+    assert b"".join(t + struct.pack("!I", len(b) + 4) + b for t, b in msgs) == welcome(key_of(out))
+    assert c.state == "active"
 
 
 # PostgreSQL's password for user app (None: trust), what the first client gets after AuthenticationOk
