@@ -137,8 +137,16 @@ class KeyedHmac:
         return outer.digest()
 
 
+try:
+    # CPython's own SHA-256 for short one-shot hashes (H(ClientKey) of every SCRAM login): ~4,000 instructions less
+    # than OpenSSL 3's, whose per-call set-up costs more than hashing one block; the same digest
+    from _sha256 import sha256 as _sha256
+except ImportError:         # a Python built without it
+    _sha256 = hashlib.sha256
+
+
 def _h(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
+    return _sha256(data).digest()
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
