@@ -690,8 +690,6 @@ class Client(LinkedFlow, asyncio.Protocol):
             # the usual read: exactly one whole message (the password, a SCRAM step), handed over without a
             # MessageReader (made only when a message comes in pieces, or several at once)
             self.auth.message(data[0], bytes(data[5:]))
-            if self.admin and (self.phase == PH_WAIT_LOGIN or self.phase == PH_WORK):
-                self.reader = MessageReader(max_size=max_size)      # the console reads messages one by one
             return
         if reader is None:
             self.reader = reader = MessageReader(max_size=max_size, skip_oversize=True)
@@ -718,6 +716,8 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.user = user
         self.db.stats.client_login_count += 1
         if self.admin:
+            if self.reader is None:     # the console reads messages one by one (a login's reader, if one was made)
+                self.reader = MessageReader(max_size=min(cfg.max_packet_size, C.MAX_PASSWORD + 1024))
             self.transport.write(head + _AUTH_OK)
             self.pool = registry.get_pool(registry.admin_db, registry.admin_user)
             self.console = hooks.new_console(self)
