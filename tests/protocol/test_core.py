@@ -5,8 +5,11 @@ afterwards. No socket, no PostgreSQL; the whole file runs in well under a second
 
 from __future__ import annotations
 
+import asyncio
 import re
+import socket
 import struct
+from types import SimpleNamespace
 
 import pytest
 from pgpeer import (
@@ -34,6 +37,7 @@ from pgbouncer_py import varcache
 from pgbouncer_py.auth.scram import ScramClient
 from pgbouncer_py.config import load_config
 from pgbouncer_py.net import tls
+from pgbouncer_py.net.listen import Listener
 from pgbouncer_py.objects import registry
 from pgbouncer_py.proto import build
 from pgbouncer_py.statements import NO_STATEMENTS
@@ -928,3 +932,35 @@ def test_idle_server_gets_unsolicited_data(make, data, kept, then):
     else:
         assert pool_state(h.pool()) == {"active_clients": 1}
         assert h.log_lines(then), h.logs
+
+
+# --- shutdown -----------------------------------------------------------------------------------------------
+
+def test_shutdown_waits_for_a_connection_drained_from_the_accept_queue(make):
+    """so_reuseport: SHUTDOWN WAIT_FOR_CLIENTS takes the connections still queued on the listening socket (close()
+    would reset them) and waits for them as for any client, also in the loop turn before they become clients; the
+    process leaves when they are gone."""
+    h = make(pool_mode="transaction", extra="so_reuseport = 1")
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.setblocking(False)
+    cli = socket.create_connection(srv.getsockname())        # queued: nobody has accepted it
+    closed = []
+    h.pooler.listeners = [Listener(sock=srv, desc="test", port=srv.getsockname()[1], unix=False,
+                                   server=SimpleNamespace(close=lambda: closed.append(True)))]
+    h.pooler.done = h.loop.create_future()
+    try:
+        h.pooler.shutdown("wait_for_clients")
+        assert closed == [True] and not h.pooler.done.done()
+        h.loop.run_until_complete(asyncio.sleep(0.05))
+        h.pooler.janitor_tick(0)
+        assert not h.pooler.done.done() and len(registry.login_clients) == 1
+        cli.close()
+        h.loop.run_until_complete(asyncio.sleep(0.05))
+        assert not registry.login_clients
+        h.pooler.janitor_tick(0)
+        assert h.pooler.done.done()
+    finally:
+        cli.close()
+        srv.close()
