@@ -18,11 +18,12 @@ from pgbouncer_py.netutil import addr_of, format_addr, local_addr_of, peer_cred,
 from pgbouncer_py.objects import (
     CL_ACTIVE,
     CL_ACTIVE_CANCEL,
-    CL_FREE,
-    CL_LOGIN,
     CL_WAITING,
     CL_WAITING_LOGIN,
     Database,
+    client_arrived,
+    client_gone,
+    client_logged_in,
     link_idle_fast,
     registry,
     set_client_state,
@@ -85,6 +86,14 @@ def _shared_packet(pkt: bytes) -> bytes:
         kept = _packets[pkt] = pkt
     return kept
 
+
+# startup packets met before under a config, and what their parse and parameter checks gave: clients of one
+# application send the same bytes, so a login usually skips both (~300 bytecodes). packet -> (cfg, user name,
+# database name, vars: a varcache.Shared, the kept packet). Only packets whose handling had no other effect are
+# kept (no options, replication, ignored or _pq_ parameter, minor protocol version, or a log line). Bounded like
+# _packets: when full it starts over.
+_startups: dict[bytes, tuple] = {}
+STARTUPS_MAX = 4096
 
 # finish_login's welcome (ParameterStatus messages), built once per (server welcome, config, client values)
 _welcome_cache: dict = {}
@@ -188,8 +197,9 @@ class Client(LinkedFlow, asyncio.Protocol):
         user = self.login_user or (self.username if self.user is not None else "(nouser)")
         addr = self.addr
         if not self.is_unix and ":" not in addr:
-            # IPv4: format_addr's answer written out (it was called twice per login)
-            return f"C-0x{id(self):x}: {dbname}/{user}@{addr}:{self.port} "
+            # IPv4: format_addr's answer written out (it was called twice per login); hex() costs ~600
+            # instructions less than a format spec
+            return f"C-{hex(id(self))}: {dbname}/{user}@{addr}:{self.port} "
         return f"C-0x{id(self):x}: {dbname}/{user}@{format_addr(addr, self.port, self.is_unix, self.peer_pid)} "
 
     @property
@@ -258,7 +268,7 @@ class Client(LinkedFlow, asyncio.Protocol):
                     tune_tcp(transport, cfg, sock)
             else:
                 tune_tcp(transport, cfg, sock)
-        set_client_state(self, CL_LOGIN)
+        client_arrived(self)
         if registry.suspended:
             hooks.hold_transport(transport)     # SUSPEND: not read until RESUME
 
@@ -404,6 +414,16 @@ class Client(LinkedFlow, asyncio.Protocol):
         buf = self.startup_buf
         if not buf and len(data) >= 8 and len(data) == _unpack_len(data, 0)[0] and len(data) <= C.MAX_STARTUP_PACKET:
             # the usual case: one whole packet in one read (SSLRequest, then the startup packet)
+            if data == _SSL_REQUEST and tls.state.client_ctx is None and not self.tls:
+                self.transport.write(b"N")      # (_startup_packet's answer when TLS is off, one frame less)
+                return
+            hit = _startups.get(data) if data.__class__ is bytes else None
+            if hit is not None and hit[0] is registry.cfg and (tls.state.client_ctx is None or self.tls or
+                                                               self.is_unix):
+                # met before under this config (and no TLS requirement to check): what it gave then
+                self.username, self.dbname, self.vars, self._startup = hit[1], hit[2], hit[3], hit[4]
+                self._find_database()
+                return
             self._startup_packet(bytes(data))
             return
         buf += data
@@ -537,12 +557,14 @@ class Client(LinkedFlow, asyncio.Protocol):
             if lk == "replication":
                 self._replication_param(value)
         unsupported_minor = []
+        plain = self.replication == "none"      # (may its outcome be kept in _startups)
         for key, lk, value in lowered:
             if lk == "user" or lk == "database" or lk == "replication":
                 continue
             if lk in CANONICAL:
                 self.set_var(CANONICAL[lk], value)
             elif lk == "options":
+                plain = False
                 if self.replication == "none":
                     self._startup_options(value, ignore)
                 # a replication client's options go verbatim to its own server (replication_options)
@@ -551,6 +573,7 @@ class Client(LinkedFlow, asyncio.Protocol):
             elif key.startswith("_pq_."):
                 unsupported_minor.append(key)
             elif lk in ignore:
+                plain = False
                 log.debug(f"{self.prefix()}ignoring startup parameter: {key}={value}")
                 continue
             else:
@@ -558,6 +581,13 @@ class Client(LinkedFlow, asyncio.Protocol):
         self._startup = _shared_packet(pkt) if pkt is not None else params
         if (version & 0xFFFF) > 0 or unsupported_minor:
             self.transport.write(build.negotiate_protocol_version(0, unsupported_minor))
+        elif plain and pkt is not None and len(pkt) <= SHARED_PACKET_MAX_LEN:
+            # the next client that sends these bytes under this config skips all of the above; this one and they
+            # hold one read-only copy of the values (Client.set_var copies it on a change)
+            self.vars = varcache.share(self.vars)
+            if len(_startups) >= STARTUPS_MAX:
+                _startups.clear()
+            _startups[self._startup] = (cfg, user, self.dbname, self.vars, self._startup)
         self._find_database()
 
     def _replication_param(self, value: str) -> None:
@@ -630,7 +660,7 @@ class Client(LinkedFlow, asyncio.Protocol):
         self.db = db
         self.phase = PH_AUTH
         self.startup_buf = b""        # (_startup_data holds the buffer it works on)
-        self.reader = MessageReader(max_size=min(cfg.max_packet_size, C.MAX_PASSWORD + 1024), skip_oversize=True)
+        # self.reader stays None: the usual login reads each auth message whole, without one (_auth_data)
         self.auth = login.Authenticator(self)
         self.auth.start()
 
@@ -655,16 +685,14 @@ class Client(LinkedFlow, asyncio.Protocol):
             raise ProtocolError("unexpected data during login")
         reader = self.reader
         n = len(data)
-        if n >= 5 and not reader.buf and not reader.drop and 4 <= _unpack_len(data, 1)[0] == n - 1 <= reader.max_size:
-            # the usual read: exactly one whole message (the password, a SCRAM step), handed over without the
-            # reader's feed / next / next / take_rest (4 calls per exchange step)
+        max_size = min(registry.cfg.max_packet_size, C.MAX_PASSWORD + 1024)
+        if reader is None and n >= 5 and 4 <= _unpack_len(data, 1)[0] == n - 1 <= max_size:
+            # the usual read: exactly one whole message (the password, a SCRAM step), handed over without a
+            # MessageReader (made only when a message comes in pieces, or several at once)
             self.auth.message(data[0], bytes(data[5:]))
-            if self.phase == PH_WAIT_LOGIN or self.phase == PH_WORK:
-                if not self.admin:
-                    self.reader = None
-                else:
-                    reader.skip_oversize = False
             return
+        if reader is None:
+            self.reader = reader = MessageReader(max_size=max_size, skip_oversize=True)
         reader.feed(data)
         while self.phase == PH_AUTH and self.auth is not None:
             m = reader.next()
@@ -680,14 +708,17 @@ class Client(LinkedFlow, asyncio.Protocol):
             if rest:
                 self.data_received(rest)
 
-    def auth_ok(self, user, pool_user=None) -> None:
-        """Authentication succeeded: finish login now or when the pool has a server."""
+    def auth_ok(self, user, pool_user=None, head: bytes = b"") -> None:
+        """Authentication succeeded: finish login now or when the pool has a server. `head` (the exchange's last
+        message, SASLFinal) goes out first, in the same write as AuthenticationOk."""
         cfg = registry.cfg
         self.auth = None
         self.user = user
-        self.transport.write(_AUTH_OK)
         self.db.stats.client_login_count += 1
         if self.admin:
+            if self.reader is None:     # the console reads messages one by one (a login's reader, if one was made)
+                self.reader = MessageReader(max_size=min(cfg.max_packet_size, C.MAX_PASSWORD + 1024))
+            self.transport.write(head + _AUTH_OK)
             self.pool = registry.get_pool(registry.admin_db, registry.admin_user)
             self.console = hooks.new_console(self)
             self.cancel_key = registry.new_cancel_key()
@@ -709,18 +740,20 @@ class Client(LinkedFlow, asyncio.Protocol):
             pool.replication_seen = True     # its server is its own, opened with replication (pooling)
         if pool.welcome_params is not None and not pool.welcome_stale:
             # a refused server login is told at the first query (pooling.fast_fail); a replication client gets
-            # its server at its first command
-            self.finish_login()
+            # its server at its first command. AuthenticationOk goes out with the welcome, in one write.
+            self.finish_login(first=head + _AUTH_OK)
             return
         # the first login of the pool (for a replication client: its own server) brings the welcome
+        self.transport.write(head + _AUTH_OK)
         self.phase = PH_WAIT_LOGIN
         self.wait_start = time.monotonic()
         set_client_state(self, CL_WAITING_LOGIN)
         pooling.launch_new_connection(pool, force=not pool.login_servers or self.replication != "none")
 
-    def finish_login(self, server=None) -> None:
-        """Send the welcome (ParameterStatus, BackendKeyData, ReadyForQuery) and enter the work phase; a
-        replication client whose server brought the welcome is linked to that `server` for good."""
+    def finish_login(self, server=None, first: bytes = b"") -> None:
+        """Send the welcome (ParameterStatus, BackendKeyData, ReadyForQuery; after `first`, AuthenticationOk when
+        it was not sent yet) and enter the work phase; a replication client whose server brought the welcome is
+        linked to that `server` for good."""
         cfg = registry.cfg
         cvars = self.vars
         if cfg.application_name_add_host and "application_name" in cvars:
@@ -755,9 +788,10 @@ class Client(LinkedFlow, asyncio.Protocol):
             self.vars = hit[4]
         else:       # it also set an untracked one (e.g. IntervalStyle with track_extra_parameters emptied)
             self.vars = varcache.share({**cvars, **hit[3]})
-        self.transport.write(hit[2] + _KEY_HEAD + self.cancel_key + _RFQ_IDLE)
+        # (one write: one uvloop write and one send(2) less per login than AuthenticationOk on its own)
+        self.transport.write(b"".join((first, hit[2], _KEY_HEAD, self.cancel_key, _RFQ_IDLE)))
         self.phase = PH_WORK
-        set_client_state(self, CL_ACTIVE)
+        client_logged_in(self)
         if metrics.recorder is not None:
             metrics.recorder.logged_in(self.pool.db, time.monotonic() - self.created)
         self._max_packet = cfg.max_packet_size
@@ -878,7 +912,7 @@ class Client(LinkedFlow, asyncio.Protocol):
             pooling.client_unlinked_by_close(self, server)
         if self.console is not None:
             self.console.closed()
-        set_client_state(self, CL_FREE)
+        client_gone(self)
 
 
 def _client_at(client, data, pos: int, end: int) -> int:

@@ -64,6 +64,7 @@ class Pooler:
         self.wait_for_clients = False
         self.exit_code = 0
         self.endpoints = None           # health.Endpoints when http_listen_addr is set (pgbouncer-py extension)
+        self.draining: set = set()      # connections taken from a closing listener's queue, not yet clients
 
     @property
     def cfg(self):
@@ -208,6 +209,8 @@ class Pooler:
         elif mode == "wait_for_clients":
             clients = sum(p.client_count() for p in registry.pools.values() if not p.db.admin)
             clients += sum(1 for c in registry.login_clients if not c.admin)
+            # a connection drained from the accept queue becomes a client a loop turn later: not gone yet
+            clients += len(self.draining)
             if clients == 0:
                 log.info("client connections dropped, exiting")
                 self.done.set_result(None)
@@ -223,7 +226,9 @@ class Pooler:
                 log.warning(f"accept() while closing {lst.desc}: {e.strerror}")
                 return
             conn.setblocking(False)
-            loop.create_task(loop.connect_accepted_socket(lambda lst=lst: Client(lst), sock=conn))
+            task = loop.create_task(loop.connect_accepted_socket(lambda lst=lst: Client(lst), sock=conn))
+            self.draining.add(task)
+            task.add_done_callback(self.draining.discard)
 
     # --- online restart, old process side ---
     def freeze_for_takeover(self) -> None:

@@ -362,6 +362,45 @@ def set_client_state(client, new_state: str) -> None:
             lst[client] = None
 
 
+def client_arrived(client) -> None:
+    """A new connection enters login: set_client_state(client, CL_LOGIN) written out (None -> login is always
+    legal; ~700 instructions less per login)."""
+    if client.state is not None:
+        set_client_state(client, CL_LOGIN)      # not new: the general move (and its check)
+        return
+    registry.clients[client] = None
+    registry.login_clients[client] = None
+    client.state = CL_LOGIN
+
+
+def client_logged_in(client) -> None:
+    """Login over, the client becomes active in its pool: set_client_state(client, CL_ACTIVE) written out for
+    the usual move from login (~700 instructions less per login)."""
+    pool = client.pool
+    if client.state != CL_LOGIN or pool is None:
+        set_client_state(client, CL_ACTIVE)     # from waiting-for-login, or illegal: the general move
+        return
+    registry.login_clients.pop(client, None)
+    client.state = CL_ACTIVE
+    pool.active_clients[client] = None
+
+
+def client_gone(client) -> None:
+    """The client closed: set_client_state(client, CL_FREE) written out (any state may end; ~700 instructions
+    less per connection)."""
+    old = client.state
+    if old == CL_FREE:
+        return
+    registry.clients.pop(client, None)
+    if old == CL_LOGIN:
+        registry.login_clients.pop(client, None)
+    elif client.pool is not None:
+        lst = client.pool.client_lists.get(old)
+        if lst is not None:
+            lst.pop(client, None)
+    client.state = CL_FREE
+
+
 def set_server_state(server, new_state: str, now: float = 0.0) -> None:
     """Move a server to the list of new_state (the only code that does it, but for the hot moves that link,
     link_idle_fast and server_available write out); `now`: monotonic, if known. An illegal move is not made: it

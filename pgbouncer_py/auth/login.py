@@ -455,8 +455,9 @@ class Authenticator:
                     # pass-through: the server login can now use these keys, without any password
                     self.user.scram_client_key = self.scram_server.client_key
                     self.user.scram_server_key = self.scram_server.server_key
-                self.client.transport.write(build.msg(b"R", _SASL_FINAL_HEAD + final))
-                self._ok(self.user)
+                # AuthenticationSASLFinal goes out with what follows it (AuthenticationOk and the welcome, or
+                # the error): one write
+                self._ok(self.user, head=build.msg(b"R", _SASL_FINAL_HEAD + final))
         except scram.ScramAuthFailed:
             log.error(f"{self.client.prefix()}{self.fail_log}")
             self._fail()
@@ -502,12 +503,16 @@ class Authenticator:
         if self._admit(user, count_user):
             self._ok(user)
 
-    def _ok(self, user: User) -> None:
-        """The exchange succeeded. Only now is an unknown or disabled database named to the client."""
+    def _ok(self, user: User, head: bytes = b"") -> None:
+        """The exchange succeeded. Only now is an unknown or disabled database named to the client. `head`: the
+        last message of the exchange (SASLFinal), sent before anything else."""
         client = self.client
         if client is None:
             return
         db = client.db
+        if head and (db.fake or db.disabled and not client.admin or client.admin and client.admin_level == 0):
+            client.transport.write(head)        # before the error below
+            head = b""
         if db.fake:
             log.info(f"{client.prefix()}login failed: db={client.dbname} user={client.username}")
             client.close(f"no such database: {client.dbname}", send_error=True)
@@ -518,4 +523,4 @@ class Authenticator:
         if client.admin and client.admin_level == 0:
             client.close("not allowed", send_error=True)
             return
-        client.auth_ok(user)
+        client.auth_ok(user, head=head)

@@ -11,6 +11,13 @@ import hmac
 
 from pgbouncer_py.auth.scram import is_md5_secret, parse_scram_secret
 
+try:
+    # CPython's own MD5 for the hash of every md5 login: ~2,300 instructions less than OpenSSL 3's (its per-call
+    # set-up costs more than hashing one block); the same digest
+    from _md5 import md5 as _md5
+except ImportError:         # a Python built without it
+    _md5 = hashlib.md5
+
 __all__ = ["is_md5_secret", "md5_check", "md5_response", "md5_secret", "md5_verify"]
 
 
@@ -64,5 +71,5 @@ def md5_check(stored: str, user: str, salt: bytes, response: bytes) -> bool:
     """md5_verify for a client login, whose method chose MD5 because `stored` is not a SCRAM secret: `response` is
     the bytes the client sent, without the NUL (the answer is the same as md5_verify's on their text: anything
     but ASCII fails both). Three calls less per md5 login."""
-    expected = b"md5" + hashlib.md5(_first_step(stored, user) + salt).hexdigest().encode("ascii")
+    expected = b"md5" + _md5(_first_step(stored, user) + salt).hexdigest().encode("ascii")
     return hmac.compare_digest(expected, response)

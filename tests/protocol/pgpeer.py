@@ -37,6 +37,7 @@ _SET = re.compile(r"""\s*SET\s+("?\w+"?)\s*(?:=|\s+TO\s+)\s*('(?:[^']|'')*'|[^;'
 _SETS = re.compile(f"(?:{_SET.pattern})+", re.I)
 CANCEL_CODE = 80877102
 SSL_CODE = 80877103
+GSS_CODE = 80877104
 _I32 = struct.Struct("!I")
 
 

@@ -5,12 +5,18 @@ afterwards. No socket, no PostgreSQL; the whole file runs in well under a second
 
 from __future__ import annotations
 
+import asyncio
+import re
+import socket
 import struct
+from types import SimpleNamespace
 
 import pytest
 from pgpeer import (
     CANCEL_CODE,
     CANCELED,
+    GSS_CODE,
+    SSL_CODE,
     WELCOME_PARAMS,
     PoolerHarness,
     Script,
@@ -28,6 +34,10 @@ from pgpeer import (
 )
 
 from pgbouncer_py import varcache
+from pgbouncer_py.auth.scram import ScramClient
+from pgbouncer_py.config import load_config
+from pgbouncer_py.net import tls
+from pgbouncer_py.net.listen import Listener
 from pgbouncer_py.objects import registry
 from pgbouncer_py.proto import build
 from pgbouncer_py.statements import NO_STATEMENTS
@@ -132,6 +142,114 @@ def test_clients_keep_one_copy_of_the_same_startup_packet(make):
     c.send(md5_password("secret", "app", out[9:13]))
     assert c.protocol._startup == startup("app", "app", application_name="other") and c.state == "active"
     assert c.protocol.startup_params == {"user": "app", "database": "app", "application_name": "other"}
+
+
+@pytest.mark.parametrize("first", [[SSL_CODE], [GSS_CODE], [SSL_CODE, GSS_CODE], [GSS_CODE, SSL_CODE]])
+def test_encryption_requests_answered_no_without_tls(make, first):
+    """client TLS off: SSLRequest and GSSENCRequest are answered 'N' and the startup packet that follows logs in
+    (libpq's sslmode=prefer and gssencmode=prefer)."""
+    h = make(pool_mode="transaction")
+    c = h.client()
+    for code in first:
+        assert c.send(struct.pack("!II", 8, code)) == b"N"
+    out = c.login(password="secret")
+    assert out == welcome(key_of(out)) and c.state == "active"
+
+
+# startup packets a client may send twice: the second login skips the parse and the checks (client._startups)
+# and must end the same as the first: welcome, values, names, log lines
+REPEATS = [
+    # extra ini lines, startup parameters, what both logins log besides the login attempt
+    ("", {}, []),
+    ("", {"application_name": "x", "DateStyle": "ISO, DMY"}, []),
+    ("", {"IntervalStyle": "iso_8601"}, []),                       # tracked by default (track_extra_parameters)
+    ("", {"client_encoding": "UTF8", "TimeZone": "UTC", "standard_conforming_strings": "on"}, []),
+    ("verbose = 1\nignore_startup_parameters = extra_float_digits", {"extra_float_digits": "2"},
+     ["ignoring startup parameter: extra_float_digits=2"]),        # logged every time: never kept
+    ("verbose = 1", {"options": "-c DateStyle=ISO"}, ["received options: -c DateStyle=ISO"]),
+]
+
+
+@pytest.mark.parametrize("extra, params, lines", REPEATS)
+def test_the_same_startup_packet_twice(make, extra, params, lines):
+    h = make(pool_mode="transaction", extra=extra)
+    seen = []
+    for _ in range(2):
+        c = h.client()
+        before = len(h.logs)
+        out = c.send(startup("app", "app", **params))
+        out += c.send(md5_password("secret", "app", out[9:13]))
+        assert c.state == "active", out
+        key = key_of(out)
+        p = c.protocol
+        logged = [re.sub(r"C-0x[0-9a-f]+: (\S+)@127\.0\.0\.1:\d+ ", r"\1 ", line) for line in h.logs[before:]
+                  if "C-0x" in line]
+        seen.append((out[:9], out[13:].replace(key, b"KEY"), dict(p.vars), p.username, p.dbname, p.startup_params,
+                     logged))
+        assert [x for x in lines if not any(x in line for line in logged)] == []
+    assert seen[0] == seen[1]
+
+
+def test_a_startup_packet_met_before_is_checked_again_after_reload(make):
+    """The second login of a packet reuses the first one's checks only under the same config: after a RELOAD
+    that stops tracking search_path, the same packet is refused as PgBouncer refuses it."""
+    h = make(pool_mode="transaction", extra="track_extra_parameters = search_path")
+    pkt = startup("app", "app", search_path="s1")
+    for _ in range(2):
+        c = h.client()
+        c.send(md5_password("secret", "app", c.send(pkt)[9:13]))
+        assert c.state == "active" and c.protocol.vars["search_path"] == "s1"
+    ini = h.tmp / "pgbouncer.ini"
+    ini.write_text(ini.read_text().replace("track_extra_parameters = search_path", "track_extra_parameters ="))
+    h.pooler.loader.apply(load_config(str(ini)))
+    c2 = h.client()
+    assert errors(c2.send(pkt)) == [("FATAL", "08P01", "unsupported startup parameter: search_path")]
+
+
+def test_a_startup_packet_met_before_still_needs_tls_when_required(make, monkeypatch):
+    """client_tls_sslmode=require refuses a plaintext client whatever startup packet it sends, one met before
+    included."""
+    h = make(pool_mode="transaction")
+    c = h.client()
+    c.send(md5_password("secret", "app", c.send(startup("app", "app"))[9:13]))
+    assert c.state == "active"
+    monkeypatch.setattr(tls.state, "client_ctx", object())
+    monkeypatch.setattr(tls.state, "client_mode", "require")
+    c2 = h.client()
+    assert errors(c2.send(startup("app", "app"))) == [("FATAL", "08P01", "SSL required")]
+
+
+# SCRAM logins: what the client gets after its client-final-message (the auth_file holds a plain password)
+SCRAM_LOGINS = [
+    # database, password, error (None: welcome), the server signature sent
+    ("app", "secret", None, True),
+    ("nope", "secret", "no such database: nope", True),     # named only after the exchange, as PgBouncer does
+    ("app", "wrong", "SASL authentication failed", False),
+]
+
+
+@pytest.mark.parametrize("database, password, error, signed", SCRAM_LOGINS)
+def test_scram_login(make, database, password, error, signed):
+    """SASLFinal (server signature), AuthenticationOk and the welcome reach the client in this order; an unknown
+    database is refused after a signed exchange, a wrong proof without a signature."""
+    h = make(auth_type="scram-sha-256")
+    c = h.client()
+    out = c.send(startup("app", database))
+    assert out == build.auth_request(10, build.cstr("SCRAM-SHA-256") + b"\0")
+    client = ScramClient("", password=password)
+    out = c.send(build.sasl_initial_response("SCRAM-SHA-256", client.client_first()))
+    assert out[:1] == b"R" and out[5:9] == struct.pack("!I", 11)       # AuthenticationSASLContinue
+    out = c.send(build.msg(b"p", client.client_final(out[9:])))
+    msgs = split_messages(out)
+    if signed:
+        assert msgs[0][0] == b"R" and msgs[0][1][:4] == struct.pack("!I", 12)
+        client.verify_server_final(msgs[0][1][4:])
+        msgs = msgs[1:]
+    if error is not None:
+        assert msgs == split_messages(build.error_response(error, "08P01", "FATAL")) and c.transport.closed
+        return
+    assert b"".join(t + struct.pack("!I", len(b) + 4) + b for t, b in msgs) == welcome(key_of(out))
+    assert c.state == "active"
 
 
 # PostgreSQL's password for user app (None: trust), what the first client gets after AuthenticationOk
@@ -814,3 +932,35 @@ def test_idle_server_gets_unsolicited_data(make, data, kept, then):
     else:
         assert pool_state(h.pool()) == {"active_clients": 1}
         assert h.log_lines(then), h.logs
+
+
+# --- shutdown -----------------------------------------------------------------------------------------------
+
+def test_shutdown_waits_for_a_connection_drained_from_the_accept_queue(make):
+    """so_reuseport: SHUTDOWN WAIT_FOR_CLIENTS takes the connections still queued on the listening socket (close()
+    would reset them) and waits for them as for any client, also in the loop turn before they become clients; the
+    process leaves when they are gone."""
+    h = make(pool_mode="transaction", extra="so_reuseport = 1")
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.setblocking(False)
+    cli = socket.create_connection(srv.getsockname())        # queued: nobody has accepted it
+    closed = []
+    h.pooler.listeners = [Listener(sock=srv, desc="test", port=srv.getsockname()[1], unix=False,
+                                   server=SimpleNamespace(close=lambda: closed.append(True)))]
+    h.pooler.done = h.loop.create_future()
+    try:
+        h.pooler.shutdown("wait_for_clients")
+        assert closed == [True] and not h.pooler.done.done()
+        h.loop.run_until_complete(asyncio.sleep(0.05))
+        h.pooler.janitor_tick(0)
+        assert not h.pooler.done.done() and len(registry.login_clients) == 1
+        cli.close()
+        h.loop.run_until_complete(asyncio.sleep(0.05))
+        assert not registry.login_clients
+        h.pooler.janitor_tick(0)
+        assert h.pooler.done.done()
+    finally:
+        cli.close()
+        srv.close()

@@ -5,12 +5,14 @@ recomputing them from the password proves our Hi()/SASLprep match the server's, 
 """
 
 import base64
+import hmac
 import random
 
 import pytest
 
 from pgbouncer_py.auth.saslprep import saslprep, saslprep_strict
 from pgbouncer_py.auth.scram import (
+    KeyedHmac,
     ScramAuthFailed,
     ScramClient,
     ScramError,
@@ -724,3 +726,25 @@ def test_parse_scram_secret_fuzz_never_raises(seed):
         # only canonical secrets parse; the iteration count may carry leading zeros
         assert text.split(":", 1)[1] == str(parsed).split(":", 1)[1]
         assert text.split(":", 1)[0] == f"SCRAM-SHA-256${parsed.iterations:0{len(text.split(':', 1)[0]) - 14}d}"
+
+
+@pytest.mark.parametrize("key_len", [0, 1, 32, 63, 64, 65, 200])
+@pytest.mark.parametrize("msg_len", [0, 1, 55, 56, 64, 300])
+def test_keyed_hmac_is_hmac_sha256(key_len, msg_len):
+    """KeyedHmac (the stored secret's keys, states copied per message) gives what the hmac module gives, for keys
+    shorter and longer than SHA-256's block, and every message; one instance serves many messages."""
+    key = bytes(range(key_len % 256)) * (key_len // 256 + 1)
+    key = key[:key_len]
+    keyed = KeyedHmac(key)
+    for msg in (bytes(msg_len), b"\xff" * msg_len):
+        assert keyed.digest(msg) == hmac.new(key, msg, "sha256").digest()
+
+
+def test_a_parsed_secret_carries_its_keyed_hmacs():
+    text = make_scram_secret("pw", iterations=64, salt=b"0123456789abcdef")
+    parsed = parse_scram_secret(text)
+    assert parsed.keyed is not None and str(parsed) == text
+    for keyed, key in zip(parsed.keyed, (parsed.stored_key, parsed.server_key), strict=True):
+        assert keyed.digest(b"auth message") == hmac.new(key, b"auth message", "sha256").digest()
+    # equality and str() ignore the states: a secret made by hand equals the parsed one
+    assert parsed == ScramSecret(parsed.iterations, parsed.salt, parsed.stored_key, parsed.server_key)
