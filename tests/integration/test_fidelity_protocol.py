@@ -372,3 +372,42 @@ def test_a_client_gone_in_the_middle_of_a_batch_takes_its_server_along(pooler_fa
     other = rawpg.Conn(p.host, p.port, timeout=5)          # a socket timeout, not a hang, if the server is stuck
     other.login("md5user", "testdb", "md5pass")
     assert [m[0] for m in other.simple_query("select 1")] == [b"T", b"D", b"C", b"Z"]
+
+
+# --- the same startup packet again (pgbouncer-py keeps what a packet's checks gave, per config) ---
+def login_and_show_one(p, setting: str, **params) -> str:
+    """`show <setting>` after a raw login with these startup parameters, or the login error's message."""
+    c = rawpg.Conn(p.host, p.port)
+    try:
+        c.login("md5user", "testdb", "md5pass", **params)
+    except AssertionError as e:
+        return re.search(r"'M': \"?'?(.*?)'?\"?}", str(e)).group(1)
+    try:
+        return [m[1][6:].decode() for m in c.simple_query(f"show {setting}") if m[0] == b"D"][0]
+    finally:
+        c.close()
+
+
+@BOTH
+def test_the_same_startup_packet_again_and_after_reload(pooler_factory, binary):
+    """Logins with one startup packet end the same each time (a tracked parameter's value; an ignored parameter's
+    DEBUG line at every login); after a RELOAD a packet is judged by the new settings (those RELOAD changes)."""
+    p = pooler_factory.start({"pool_mode": "transaction", "default_pool_size": 1, "verbose": 1,
+                              "track_extra_parameters": "IntervalStyle, search_path",
+                              "ignore_startup_parameters": "extra_float_digits"}, binary=binary)
+    assert [login_and_show_one(p, "intervalstyle", IntervalStyle="sql_standard") for _ in range(3)] == \
+        ["sql_standard"] * 3
+    assert login_and_show_one(p, "intervalstyle") == "postgres"
+    # (search_path is not reported by PostgreSQL 15: only whether the login is let in is compared here)
+    assert [login_and_show_one(p, "server_version_num", search_path="s1")[:2] for _ in range(2)] == ["15", "15"]
+    mark = p.log_mark()
+    assert [login_and_show_one(p, "extra_float_digits", extra_float_digits="2") for _ in range(2)] == ["1", "1"]
+    wait_until(lambda: len(re.findall(r"DEBUG C-\S+ \S+ ignoring startup parameter: extra_float_digits=2",
+                                      p.log()[mark:])) == 2, message="the ignored parameter logged at each login")
+    # RELOAD: ignore_startup_parameters is reloaded, track_extra_parameters is not (on both)
+    p.ini_path.write_text(re.sub(r"(?m)^(ignore_startup_parameters|track_extra_parameters)\s*=.*$", r"\1 =",
+                                 p.ini_path.read_text()))
+    p.admin("RELOAD")
+    assert login_and_show_one(p, "extra_float_digits", extra_float_digits="2") == \
+        "unsupported startup parameter: extra_float_digits"
+    assert login_and_show_one(p, "server_version_num", search_path="s1")[:2] == "15"

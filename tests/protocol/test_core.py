@@ -191,8 +191,9 @@ def test_the_same_startup_packet_twice(make, extra, params, lines):
 
 
 def test_a_startup_packet_met_before_is_checked_again_after_reload(make):
-    """The second login of a packet reuses the first one's checks only under the same config: after a RELOAD
-    that stops tracking search_path, the same packet is refused as PgBouncer refuses it."""
+    """The second login of a packet reuses the first one's checks only under the same Config object: under a new
+    one (RELOAD and SET make one; here one that no longer tracks search_path, a setting RELOAD itself does not
+    change) the same packet is refused as PgBouncer refuses it."""
     h = make(pool_mode="transaction", extra="track_extra_parameters = search_path")
     pkt = startup("app", "app", search_path="s1")
     for _ in range(2):
